@@ -1,0 +1,40 @@
+"""Shared fixtures. Fixtures that need the network use the local mock SDSS server."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if "ASTRO_METALLICITY_SHARED_DATA" in os.environ:
+    SHARED_DATA = Path(os.environ["ASTRO_METALLICITY_SHARED_DATA"])
+
+
+def pytest_configure(config):
+    try:
+        from pytest_astropy_header.display import PYTEST_HEADER_MODULES
+    except ImportError:
+        pass
+    else:
+        for name in ("astroquery", "pyvo", "photutils", "reproject", "torch", "torchvision"):
+            PYTEST_HEADER_MODULES[name] = name
+    from astropy.utils import iers
+
+    iers.conf.auto_download = False
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Give every test its own download cache so tests never see each other's files."""
+    from astro_metallicity import conf
+
+    with conf.set_temp("cache_dir", str(tmp_path / "cache")):
+        yield
+
+
+@pytest.fixture
+def shared_data():
+    """The real SDSS material in ``../shared/data``; skips where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data (real SDSS sample) is not available")
+    return SHARED_DATA
