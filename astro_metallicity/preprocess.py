@@ -9,8 +9,21 @@ input domain.
 """
 
 import numpy as np
+from astropy import units as u
 
-__all__ = ["SDSS_JPEG_STRETCH", "gri_composite"]
+__all__ = [
+    "SDSS_JPEG_STRETCH",
+    "SDSS_PIXEL_SCALE",
+    "CutoutSet",
+    "adaptive_scale",
+    "cutout_wcs",
+    "header_wcs",
+    "reproject_band",
+    "subtract_background",
+    "make_cutout",
+    "make_cutouts",
+    "gri_composite",
+]
 
 #: Parameters of the asinh colour stretch that mimics SDSS ImgCutout JPEGs.
 #: ``band_scales`` multiply the g, r, i images (nanomaggies per pixel) before
@@ -53,3 +66,410 @@ def gri_composite(g, r, i, *, band_scales=None, q=None, stretch=None):
               for band, scale in zip((g, r, i), band_scales)]
     blue, green, red = scaled
     return make_lupton_rgb(red, green, blue, minimum=0.0, stretch=stretch, Q=q)
+
+
+# ---------------------------------------------------------------------------
+# Frames -> cutout (reproject, background, stretch) and the shared high-level
+# entry point `make_cutouts` used by prediction and by the training dataset.
+# ---------------------------------------------------------------------------
+
+#: Native SDSS imaging pixel scale.
+SDSS_PIXEL_SCALE = 0.396 * u.arcsec / u.pix
+
+
+def adaptive_scale(petro_r90, size=128):
+    """Pixel scale of the paper's galaxy-adapted cutouts (Wu & Boada 2018).
+
+    ``scale = 2 * petroR90_r / (0.396 * 128)`` arcsec/px for 128 px cutouts,
+    so a cutout spans about 5 petroR90_r; for other ``size`` the angular
+    extent is kept, ``scale = 2 * petroR90_r / (0.396 * size)``.
+
+    Parameters
+    ----------
+    petro_r90 : `~astropy.units.Quantity` or float
+        Petrosian 90 per cent radius in r (angle; plain numbers are arcsec).
+    size : int
+        Cutout width and height in pixels.
+
+    Returns
+    -------
+    scale : `~astropy.units.Quantity`
+        Pixel scale in arcsec/pix.
+    """
+    r90 = u.Quantity(petro_r90, u.arcsec)
+    return (2.0 * r90.to_value(u.arcsec) / (0.396 * size)) * u.arcsec / u.pix
+
+
+def _scale_arcsec(scale):
+    """Pixel scale (Quantity arcsec/pix, arcsec, or float) as float arcsec per pixel."""
+    q = u.Quantity(scale)
+    if q.unit == u.dimensionless_unscaled:
+        return np.asarray(q.value, dtype=float)
+    return q.to_value(u.arcsec / u.pix, equivalencies=[(u.arcsec, u.arcsec / u.pix,
+                                                          lambda x: x, lambda x: x)])
+
+
+def cutout_wcs(center, size, scale):
+    """Target-centred gnomonic (TAN) WCS, north up and east left.
+
+    Parameters
+    ----------
+    center : `~astropy.coordinates.SkyCoord`
+        Scalar position of the cutout centre.
+    size : int
+        Width and height in pixels.
+    scale : `~astropy.units.Quantity`
+        Pixel scale (arcsec/pix).
+
+    Returns
+    -------
+    wcs : `~astropy.wcs.WCS`
+    """
+    from astropy.wcs import WCS
+
+    scale_deg = float(_scale_arcsec(scale)) / 3600.0
+    if not np.isfinite(scale_deg) or scale_deg <= 0:
+        msg = f"scale must be a positive angle per pixel, got {scale!r}"
+        raise ValueError(msg)
+    icrs = center.icrs
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [float(icrs.ra.deg), float(icrs.dec.deg)]
+    w.wcs.crpix = [(size + 1) / 2.0, (size + 1) / 2.0]
+    w.wcs.cdelt = [-scale_deg, scale_deg]
+    w.wcs.cunit = ["deg", "deg"]
+    w.wcs.radesys = "ICRS"
+    w.pixel_shape = (size, size)
+    return w
+
+
+def header_wcs(header):
+    """Celestial WCS of an SDSS frame header.
+
+    SDSS frame headers use the deprecated ``RADECSYS`` keyword and carry no
+    ``MJD-OBS``; astropy fixes both and says so with a ``FITSFixedWarning``
+    that carries no information for us, so it is silenced here (only here).
+
+    Parameters
+    ----------
+    header : `~astropy.io.fits.Header`
+        Header with a celestial WCS.
+
+    Returns
+    -------
+    wcs : `~astropy.wcs.WCS`
+    """
+    import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(header).celestial
+
+
+def _as_data_wcs(frame):
+    """(data, WCS) from an HDU, HDUList, (data, header) or (data, WCS)."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    if isinstance(frame, fits.HDUList):
+        frame = frame[0]
+    if isinstance(frame, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+        return np.asarray(frame.data, dtype=np.float32), header_wcs(frame.header)
+    if isinstance(frame, tuple) and len(frame) == 2:
+        data, meta = frame
+        wcs = meta if isinstance(meta, WCS) else header_wcs(meta)
+        return np.asarray(data, dtype=np.float32), wcs
+    msg = ("each frame must be an astropy HDU/HDUList or a (data, header_or_wcs) tuple, "
+           f"got {type(frame).__name__}")
+    raise TypeError(msg)
+
+
+def reproject_band(frames, wcs_out, shape_out):
+    """Reproject one band from one or more overlapping frames onto ``wcs_out``.
+
+    A single frame goes through `reproject.reproject_interp`; several frames
+    (a cutout crossing frame edges) are mosaicked with
+    `reproject.mosaicking.reproject_and_coadd`, footprint-weighted mean.
+
+    Parameters
+    ----------
+    frames : list
+        HDUs or ``(data, header_or_wcs)`` tuples of the same band.
+    wcs_out : `~astropy.wcs.WCS`
+        Output projection (see `cutout_wcs`).
+    shape_out : tuple of int
+        Output ``(ny, nx)``.
+
+    Returns
+    -------
+    image, coverage : `~numpy.ndarray`
+        Image in the input units per *input* pixel (surface brightness is
+        preserved, like an ImgCutout JPEG) with zeros outside the data, and
+        the coverage (0 to 1) of each output pixel.
+    """
+    from reproject import reproject_interp
+    from reproject.mosaicking import reproject_and_coadd
+
+    pairs = [_as_data_wcs(f) for f in frames]
+    if not pairs:
+        msg = "frames must contain at least one frame"
+        raise ValueError(msg)
+    if len(pairs) == 1:
+        image, footprint = reproject_interp(pairs[0], wcs_out, shape_out=shape_out, order="bilinear")
+    else:
+        image, footprint = reproject_and_coadd(pairs, wcs_out, shape_out=shape_out,
+                                               reproject_function=reproject_interp,
+                                               combine_function="mean", order="bilinear")
+    image = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+    footprint = np.clip(np.nan_to_num(np.asarray(footprint, dtype=np.float64)), 0.0, 1.0)
+    image[footprint <= 0] = 0.0
+    return image, footprint
+
+
+def subtract_background(image, *, coverage=None, n_sigma=2.0):
+    """Subtract a constant background estimated with photutils, sources masked.
+
+    Sources are found with `photutils.segmentation.detect_sources` above
+    ``n_sigma`` and dilated; the background is the sigma-clipped
+    `photutils.background.MMMBackground` of the remaining covered pixels.
+
+    Parameters
+    ----------
+    image : `~numpy.ndarray`
+        2-D image.
+    coverage : `~numpy.ndarray`, optional
+        Coverage map; pixels with zero coverage are ignored and stay zero.
+    n_sigma : float
+        Detection threshold of the source mask.
+
+    Returns
+    -------
+    image : `~numpy.ndarray`
+        Background-subtracted copy.
+    background : float
+        The subtracted level.
+    """
+    from astropy.stats import SigmaClip
+    from photutils.background import MMMBackground
+    from photutils.segmentation import detect_sources, detect_threshold
+    from scipy import ndimage
+
+    image = np.asarray(image, dtype=np.float64)
+    invalid = ~np.isfinite(image)
+    if coverage is not None:
+        invalid |= np.asarray(coverage) <= 0
+    if invalid.all():
+        return np.zeros_like(image), 0.0
+    sigma_clip = SigmaClip(sigma=3.0, maxiters=5)
+    mask = invalid.copy()
+    try:
+        threshold = detect_threshold(image, n_sigma, mask=invalid, sigma_clip=sigma_clip)
+        segm = detect_sources(image, threshold, n_pixels=5, mask=invalid)
+    except ValueError:  # constant or tiny image: nothing to detect
+        segm = None
+    if segm is not None:
+        sources = segm.data > 0
+        mask |= ndimage.binary_dilation(sources, iterations=3)
+        if mask.sum() > 0.9 * mask.size:  # crowded: fall back to the undilated mask
+            mask = invalid | sources
+    if mask.all():
+        return np.where(invalid, 0.0, image), 0.0
+    level = float(MMMBackground(sigma_clip=sigma_clip).calc_background(image[~mask]))
+    if not np.isfinite(level):
+        level = 0.0
+    out = image - level
+    out[invalid] = 0.0
+    return out, level
+
+
+def make_cutout(frames, center, *, size=128, scale=SDSS_PIXEL_SCALE, stretch=None,
+                background=True, return_bands=False):
+    """Build one *gri* colour cutout from calibrated SDSS frames.
+
+    Parameters
+    ----------
+    frames : dict
+        ``{'g': [...], 'r': [...], 'i': [...]}``: for each band a list of
+        frames (HDUs or ``(data, header)`` tuples) that together cover the
+        cutout. Several frames per band are mosaicked.
+    center : `~astropy.coordinates.SkyCoord`
+        Scalar cutout centre.
+    size : int
+        Width and height in pixels.
+    scale : `~astropy.units.Quantity`
+        Pixel scale (arcsec/pix), e.g. from `adaptive_scale`.
+    stretch : dict, optional
+        `gri_composite` parameters (``band_scales``, ``q``, ``stretch``);
+        default `SDSS_JPEG_STRETCH`. Prediction passes the values stored with
+        the model.
+    background : bool
+        Subtract a residual background per band (`subtract_background`).
+    return_bands : bool
+        Also return the float bands and the coverage.
+
+    Returns
+    -------
+    rgb : `~numpy.ndarray`
+        ``uint8`` ``(size, size, 3)`` composite.
+    bands, coverage : dict, `~numpy.ndarray`
+        Only with ``return_bands=True``: background-subtracted g, r, i images
+        (nanomaggies per native 0.396" pixel) and the minimum coverage over
+        the bands.
+    """
+    size = int(size)
+    if size < 2:
+        msg = f"size must be at least 2 pixels, got {size}"
+        raise ValueError(msg)
+    missing = [b for b in "gri" if not frames.get(b)]
+    if missing:
+        msg = f"frames lacks band(s) {missing}; give a list of frames for each of g, r and i"
+        raise ValueError(msg)
+    wcs_out = cutout_wcs(center, size, scale)
+    bands = {}
+    coverage = np.ones((size, size))
+    for band in "gri":
+        image, cov = reproject_band(frames[band], wcs_out, (size, size))
+        if background:
+            image, _ = subtract_background(image, coverage=cov)
+        bands[band] = image
+        coverage = np.minimum(coverage, cov)
+    params = dict(SDSS_JPEG_STRETCH if stretch is None else stretch)
+    with np.errstate(invalid="ignore", divide="ignore"):  # make_lupton_rgb divides 0 by 0
+        rgb = gri_composite(bands["g"], bands["r"], bands["i"],
+                            band_scales=params.get("band_scales"), q=params.get("q"),
+                            stretch=params.get("stretch"))
+    if return_bands:
+        return rgb, bands, coverage
+    return rgb
+
+
+class CutoutSet:
+    """Cutouts for many targets, as returned by `make_cutouts`.
+
+    Attributes
+    ----------
+    images : `~numpy.ndarray`
+        ``uint8`` ``(N, size, size, 3)``; all zeros where a target failed.
+    flags : `~numpy.ndarray` of str
+        ``''`` where the cutout is good, otherwise the reason
+        (``'bad_coordinates: ...'``, ``'outside_footprint'``,
+        ``'no_petrosian_radius'``, ``'fetch_failed: ...'``, ...).
+    scales : `~astropy.units.Quantity`
+        Pixel scale of each cutout (arcsec/pix; NaN where unknown).
+    source : str
+        ``'frames'`` or ``'jpeg'``.
+    """
+
+    def __init__(self, images, flags, scales, source):
+        self.images = images
+        self.flags = np.asarray(flags, dtype=str)
+        self.scales = scales
+        self.source = source
+
+    @property
+    def good(self):
+        """Boolean mask of usable cutouts."""
+        return self.flags == ""
+
+    def __len__(self):
+        return len(self.flags)
+
+    def __repr__(self):
+        return (f"<CutoutSet: {len(self)} cutouts from {self.source!r}, "
+                f"{int(np.sum(~self.good))} flagged>")
+
+
+def make_cutouts(coords, *, source=None, scale="adaptive", size=128, stretch=None,
+                 progress=False):
+    """Fetch and build *gri* colour cutouts for many positions.
+
+    This is the one path from positions to network input, shared by
+    `~astro_metallicity.predict_metallicity` and the training-set builder.
+    Failures never raise mid-list: they become per-target flags.
+
+    Parameters
+    ----------
+    coords : `~astropy.coordinates.SkyCoord`
+        Scalar or 1-D array of positions.
+    source : {'frames', 'jpeg'}, optional
+        ``'frames'``: SDSS corrected frames from the SAS, reprojected onto a
+        target-centred TAN grid, background-subtracted and stretched with
+        `gri_composite`. ``'jpeg'``: the SkyServer ImgCutout service.
+        Default ``conf.cutout_source``.
+    scale : 'adaptive' or `~astropy.units.Quantity`
+        ``'adaptive'`` (the paper's convention, see `adaptive_scale`; looks
+        petroR90_r up by position), a scalar pixel scale (arcsec/pix), or
+        one scale per target (e.g. computed from a catalogue's petroR90_r,
+        which saves the look-up).
+    size : int
+        Cutout width and height in pixels.
+    stretch : dict, optional
+        Colour stretch for the frames route (default `SDSS_JPEG_STRETCH`).
+        The jpeg route gets SDSS's own stretch from the server.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    cutouts : `CutoutSet`
+        ``.images`` uint8 ``(N, size, size, 3)``, ``.flags``, ``.scales``.
+    """
+    from astropy.coordinates import SkyCoord
+
+    from . import acquire
+    from ._config import conf
+    from .targets import resolve_targets
+
+    if not isinstance(coords, SkyCoord):
+        msg = (f"coords must be an astropy SkyCoord, got {type(coords).__name__}; for a table "
+               "use astro_metallicity.targets.resolve_targets(table).coords")
+        raise TypeError(msg)
+    source = conf.cutout_source if source is None else source
+    if source not in ("frames", "jpeg"):
+        msg = f"source must be 'frames' or 'jpeg', got {source!r}"
+        raise ValueError(msg)
+    size = int(size)
+    if size < 2:
+        msg = f"size must be at least 2 pixels, got {size}"
+        raise ValueError(msg)
+    resolved = resolve_targets(coords)
+    n = len(resolved)
+    flags = np.array(resolved.flags, dtype=object)
+    good = flags == ""
+
+    # Pixel scales
+    scales = np.full(n, np.nan)
+    if isinstance(scale, str):
+        if scale != "adaptive":
+            msg = f"scale must be 'adaptive' or an angle per pixel (Quantity), got {scale!r}"
+            raise ValueError(msg)
+        r90, r90_flags = acquire.lookup_petro_r90(resolved.coords[good])
+        idx = np.flatnonzero(good)
+        scales[idx] = adaptive_scale(r90, size=size).value
+        flags[idx] = np.where(r90_flags == "", flags[idx], r90_flags)
+    else:
+        values = np.broadcast_to(np.atleast_1d(_scale_arcsec(scale)), (n,)) if np.ndim(
+            _scale_arcsec(scale)) == 0 else np.asarray(_scale_arcsec(scale), dtype=float)
+        if values.shape != (n,):
+            msg = (f"scale has {values.size} values for {n} targets; give one scale or one "
+                   "per target")
+            raise ValueError(msg)
+        scales[:] = values
+        bad = good & ~(np.isfinite(scales) & (scales > 0))
+        flags[bad] = "bad_scale"
+    ok = flags == ""
+    images = np.zeros((n, size, size, 3), dtype=np.uint8)
+    idx = np.flatnonzero(ok)
+    if idx.size:
+        if source == "jpeg":
+            imgs, fl = acquire.fetch_jpeg_cutouts(resolved.coords[idx], scales[idx], size,
+                                                  progress=progress)
+        else:
+            imgs, fl = acquire.fetch_frame_cutouts(resolved.coords[idx], scales[idx], size,
+                                                   stretch=stretch, progress=progress)
+        images[idx] = imgs
+        flags[idx] = fl
+    images[flags != ""] = 0
+    return CutoutSet(images, flags.astype(str), scales * u.arcsec / u.pix, source)
