@@ -446,15 +446,16 @@ def _validate_images(images):
 
 
 def _images_to_input(batch, metadata):
-    """uint8 tensor (N, H, W, 3) -> normalised float tensor (N, 3, S, S).
+    """uint8 tensor (N, 3, H, W) -> normalised float tensor (N, 3, S, S).
 
     The one place where cutouts become network input, shared by training and
-    prediction.
+    prediction: scale to 0-1, resize to ``input_size`` (antialiased bilinear),
+    normalise with the metadata's per-channel mean and std.
     """
     import torch
     import torch.nn.functional as F
 
-    x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+    x = batch.float().div_(255.0)
     size = int(metadata["input_size"])
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
@@ -580,7 +581,7 @@ class MetallicityModel:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
-                x = _images_to_input(batch.to(self.device), self.metadata)
+                x = _images_to_input(batch.to(self.device).permute(0, 3, 1, 2), self.metadata)
                 views = dihedral_views(x) if tta else [x]
                 raw = []
                 for view in views:
