@@ -8,6 +8,8 @@ same function, so real JPEGs, mock JPEGs and locally built cutouts share one
 input domain.
 """
 
+import warnings
+
 import numpy as np
 from astropy import units as u
 
@@ -254,6 +256,7 @@ def subtract_background(image, *, coverage=None, n_sigma=2.0):
     from astropy.stats import SigmaClip
     from photutils.background import MMMBackground
     from photutils.segmentation import detect_sources, detect_threshold
+    from photutils.utils.exceptions import NoDetectionsWarning
     from scipy import ndimage
 
     image = np.asarray(image, dtype=np.float64)
@@ -265,8 +268,11 @@ def subtract_background(image, *, coverage=None, n_sigma=2.0):
     sigma_clip = SigmaClip(sigma=3.0, maxiters=5)
     mask = invalid.copy()
     try:
-        threshold = detect_threshold(image, n_sigma, mask=invalid, sigma_clip=sigma_clip)
-        segm = detect_sources(image, threshold, n_pixels=5, mask=invalid)
+        with warnings.catch_warnings():
+            # an empty patch of sky is a normal outcome here, not something to warn about
+            warnings.simplefilter("ignore", NoDetectionsWarning)
+            threshold = detect_threshold(image, n_sigma, mask=invalid, sigma_clip=sigma_clip)
+            segm = detect_sources(image, threshold, n_pixels=5, mask=invalid)
     except ValueError:  # constant or tiny image: nothing to detect
         segm = None
     if segm is not None:

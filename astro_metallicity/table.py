@@ -1,0 +1,176 @@
+"""Result tables: the input columns plus predictions with units, masks and flags.
+
+Last stage of the pipeline. Predicted quantities are masked (not NaN, not
+dropped) on flagged rows, so the table keeps the input's rows in order and
+each row without a prediction says why in ``flag``.
+"""
+
+import datetime
+import hashlib
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+from astropy import units as u
+from astropy.table import QTable
+from astropy.utils.masked import Masked
+
+__all__ = ["OUTPUT_UNITS", "RESULT_COLUMNS", "build_result_table", "result_meta", "file_sha256"]
+
+#: Units of the predicted quantities.
+OUTPUT_UNITS = {
+    "metallicity": u.dex,
+    "metallicity_err": u.dex,
+    "log_mstar": u.dex(u.solMass),
+    "log_mstar_err": u.dex,
+}
+
+#: Columns the result adds to the input table (``log_mstar*`` only when the model predicts it).
+RESULT_COLUMNS = ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err", "flag")
+
+
+def _masked_column(values, mask, unit):
+    values = np.asarray(values, dtype=np.float64)
+    values = np.where(mask, np.nan, values)
+    if isinstance(unit, u.FunctionUnitBase):  # dex(solMass): a logarithmic quantity
+        quantity = u.Dex(values, unit)
+    else:
+        quantity = u.Quantity(values, unit)
+    return Masked(quantity, mask=np.asarray(mask, dtype=bool))
+
+
+def _version(name):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def file_sha256(path, *, chunk=1 << 20):
+    """SHA-256 of a file (model provenance).
+
+    Parameters
+    ----------
+    path : path-like
+        File to hash.
+    chunk : int
+        Read size in bytes.
+
+    Returns
+    -------
+    digest : str
+        Hexadecimal digest.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def result_meta(*, model=None, source=None, scale=None, data_release=None, extra=None):
+    """Metadata recorded with a result table (plain types, ECSV/FITS friendly).
+
+    Parameters
+    ----------
+    model : `~astro_metallicity.model.MetallicityModel`, optional
+        The model used; its path, hash, provenance and metrics are recorded.
+    source : str, optional
+        Cutout source (``'frames'``, ``'jpeg'``, ``'images'``).
+    scale : str or `~astropy.units.Quantity`, optional
+        Pixel-scale convention used.
+    data_release : int, optional
+        SDSS data release queried.
+    extra : dict, optional
+        More entries.
+
+    Returns
+    -------
+    meta : dict
+    """
+    from . import __version__
+
+    info = {
+        "astro_metallicity_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {name: _version(name) for name in
+                     ("astropy", "astroquery", "numpy", "reproject", "photutils", "torch")},
+        "quantity": "metallicity = 12 + log10(O/H) (gas phase), MPA-JHU convention",
+    }
+    if source is not None:
+        info["cutout_source"] = str(source)
+    if data_release is not None:
+        info["sdss_data_release"] = int(data_release)
+    if scale is not None:
+        info["pixel_scale"] = scale if isinstance(scale, str) else \
+            f"{u.Quantity(scale).to_value(u.arcsec / u.pix):.6g} arcsec / pix"
+    if model is not None:
+        md = model.metadata
+        info["model"] = {
+            "path": str(model.path) if model.path is not None else "",
+            "sha256": file_sha256(model.path) if model.path is not None and model.path.is_file()
+            else "",
+            "arch": md.get("arch", ""),
+            "outputs": list(md.get("outputs", [])),
+            "cutout_size": int(md.get("cutout_size", 0)),
+            "input_size": int(md.get("input_size", 0)),
+            "provenance": md.get("provenance", {}),
+            "metrics": md.get("metrics", {}),
+        }
+    if extra:
+        info.update(extra)
+    return {"astro_metallicity": info}
+
+
+def build_result_table(table, flags, predictions, *, meta=None):
+    """Add prediction columns to a copy of the input table.
+
+    Parameters
+    ----------
+    table : `~astropy.table.Table`
+        The targets, one row per target, in the input order.
+    flags : array of str
+        ``''`` for rows with a prediction, otherwise the reason.
+    predictions : dict of array
+        Full-length arrays (one value per row; values on flagged rows are
+        ignored) for some of ``metallicity``, ``metallicity_err``,
+        ``log_mstar``, ``log_mstar_err``.
+    meta : dict, optional
+        Merged into the table's ``meta``.
+
+    Returns
+    -------
+    result : `~astropy.table.QTable`
+        The input columns, then ``metallicity`` (`~astropy.units.dex`),
+        ``metallicity_err``, optionally ``log_mstar`` (dex(solMass)) and
+        ``log_mstar_err``, masked on flagged rows, and ``flag``.
+
+    Raises
+    ------
+    ValueError
+        If the input already has one of the result columns, or lengths disagree.
+    """
+    result = QTable(table, copy=True)
+    n = len(result)
+    flags = np.asarray(flags, dtype=str)
+    if flags.shape != (n,):
+        msg = f"flags has {flags.size} entries for a table of {n} rows"
+        raise ValueError(msg)
+    clash = [name for name in RESULT_COLUMNS
+             if name in result.colnames and (name in predictions or name == "flag")]
+    if clash:
+        msg = (f"the targets table already has column(s) {clash}; rename or remove them "
+               "before predicting (the result adds these columns)")
+        raise ValueError(msg)
+    mask = flags != ""
+    for name in ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err"):
+        if name not in predictions:
+            continue
+        values = np.asarray(predictions[name], dtype=np.float64)
+        if values.shape != (n,):
+            msg = f"predictions[{name!r}] has shape {values.shape}, expected ({n},)"
+            raise ValueError(msg)
+        result[name] = _masked_column(values, mask | ~np.isfinite(values), OUTPUT_UNITS[name])
+    result["flag"] = flags
+    if meta:
+        result.meta.update(meta)
+    return result
