@@ -332,11 +332,18 @@ def make_cutout(frames, center, *, size=128, scale=SDSS_PIXEL_SCALE, stretch=Non
     if missing:
         msg = f"frames lacks band(s) {missing}; give a list of frames for each of g, r and i"
         raise ValueError(msg)
-    wcs_out = cutout_wcs(center, size, scale)
+    # When the cutout is coarser than the frames, reproject onto a grid f times
+    # finer and average f x f blocks (anti-aliasing, as ImgCutout resamples).
+    scale_arcsec = float(_scale_arcsec(scale))
+    f = max(1, int(np.ceil(scale_arcsec / SDSS_PIXEL_SCALE.value - 0.25)))
+    wcs_out = cutout_wcs(center, size * f, scale_arcsec / f * u.arcsec / u.pix)
     bands = {}
     coverage = np.ones((size, size))
     for band in "gri":
-        image, cov = reproject_band(frames[band], wcs_out, (size, size))
+        image, cov = reproject_band(frames[band], wcs_out, (size * f, size * f))
+        if f > 1:
+            image = image.reshape(size, f, size, f).mean(axis=(1, 3))
+            cov = cov.reshape(size, f, size, f).mean(axis=(1, 3))
         if background:
             image, _ = subtract_background(image, coverage=cov)
         bands[band] = image

@@ -1,0 +1,188 @@
+"""Tests of astro_metallicity.preprocess: reprojection, mosaics, background, cutouts."""
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from astro_metallicity.preprocess import (
+    SDSS_JPEG_STRETCH,
+    SDSS_PIXEL_SCALE,
+    adaptive_scale,
+    cutout_wcs,
+    header_wcs,
+    make_cutout,
+    make_cutouts,
+    subtract_background,
+)
+
+PIX = 0.396 / 3600.0  # deg
+
+
+def _frame_wcs(center, shape, angle_deg, crpix=None):
+    ny, nx = shape
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [center.ra.deg, center.dec.deg]
+    w.wcs.crpix = crpix if crpix is not None else [(nx + 1) / 2.0, (ny + 1) / 2.0]
+    a = np.deg2rad(angle_deg)
+    w.wcs.cd = PIX * np.array([[-np.cos(a), np.sin(a)], [np.sin(a), np.cos(a)]])
+    return w
+
+
+def _gaussian_frame(wcs, shape, source, flux, sigma_arcsec, background=0.0):
+    """Frame (nanomaggies/pixel) with a circular Gaussian of total ``flux`` at ``source``."""
+    ny, nx = shape
+    y, x = np.mgrid[0:ny, 0:nx]
+    x0, y0 = wcs.world_to_pixel(source)
+    sigma = sigma_arcsec / 0.396
+    img = flux / (2 * np.pi * sigma ** 2) * np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma ** 2))
+    return (img + background).astype(np.float32)
+
+
+def _bands(frames):
+    """Same frames in g, r (unchanged) and i, i 4x brighter than g after the stretch's band scales."""
+    scales = SDSS_JPEG_STRETCH["band_scales"]
+    factors = {"g": 0.5 * scales[1] / scales[0], "r": 1.0, "i": 2.0 * scales[1] / scales[2]}
+    return {band: [(data * factors[band], wcs) for data, wcs in frames] for band in "gri"}
+
+
+def test_adaptive_scale_follows_the_paper():
+    # 2 * petroR90_r / (0.396 * 128): a 25.344" radius gives exactly 1"/px
+    assert adaptive_scale(25.344 * u.arcsec).to_value(u.arcsec / u.pix) == pytest.approx(1.0)
+    # a 64 px cutout keeps the same angular extent
+    assert adaptive_scale(25.344 * u.arcsec, size=64).value == pytest.approx(2.0)
+    assert adaptive_scale(0.1 * u.arcmin).value == pytest.approx(2 * 6.0 / (0.396 * 128))
+
+
+def test_cutout_wcs_is_north_up_east_left():
+    center = SkyCoord(150.0, 2.0, unit="deg")
+    w = cutout_wcs(center, 64, 0.5 * u.arcsec / u.pix)
+    x, y = w.world_to_pixel(center)
+    assert (x, y) == pytest.approx((31.5, 31.5))
+    east = center.spherical_offsets_by(5 * u.arcsec, 0 * u.arcsec)
+    north = center.spherical_offsets_by(0 * u.arcsec, 5 * u.arcsec)
+    assert w.world_to_pixel(east)[0] == pytest.approx(31.5 - 10, abs=1e-3)
+    assert w.world_to_pixel(north)[1] == pytest.approx(31.5 + 10, abs=1e-3)
+    with pytest.raises(ValueError, match="scale must be a positive"):
+        cutout_wcs(center, 64, -1 * u.arcsec / u.pix)
+
+
+def test_cutout_centred_and_flux_conserved_on_rotated_frame():
+    center = SkyCoord(180.0, 0.5, unit="deg")
+    shape = (300, 400)
+    wcs = _frame_wcs(center, shape, angle_deg=30.0)
+    galaxy = center.spherical_offsets_by(8 * u.arcsec, -5 * u.arcsec)
+    flux = 500.0
+    data = _gaussian_frame(wcs, shape, galaxy, flux, sigma_arcsec=2.0, background=0.05)
+    for scale in (0.396, 0.9):  # native, and coarser (supersampled then averaged)
+        rgb, bands, coverage = make_cutout(_bands([(data, wcs)]), galaxy, size=64,
+                                           scale=scale * u.arcsec / u.pix, return_bands=True)
+        assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+        assert coverage.min() == 1.0
+        r = bands["r"]
+        peak = np.unravel_index(np.argmax(r), r.shape)
+        assert abs(peak[0] - 31.5) <= 1 and abs(peak[1] - 31.5) <= 1
+        # images are per native pixel: total flux = sum * (scale / 0.396)**2
+        recovered = r.sum() * (scale / 0.396) ** 2
+        assert recovered == pytest.approx(flux, rel=0.03)
+        # the background (0.05 nmgy/px) was removed
+        assert abs(np.median(r[:8, :8])) < 0.01
+        # i (red) is 4x g (blue) after the band scales: red dominates at the centre
+        assert int(rgb[32, 32, 0]) > int(rgb[32, 32, 2])
+
+
+def test_galaxy_on_frame_edge_gets_complete_mosaic():
+    # two overlapping frames (as consecutive SDSS fields): the galaxy sits on
+    # the edge of the first, so a cutout needs both.
+    center = SkyCoord(30.0, -1.0, unit="deg")
+    shape = (200, 300)
+    w1 = _frame_wcs(center, shape, angle_deg=0.0)
+    w2 = _frame_wcs(center, shape, angle_deg=0.0, crpix=[150.5 - 250, 100.5])  # shifted 250 px
+    x_edge = 299.0
+    galaxy = w1.pixel_to_world(x_edge, 100.0)
+    flux = 300.0
+    d1 = _gaussian_frame(w1, shape, galaxy, flux, sigma_arcsec=1.5)
+    d2 = _gaussian_frame(w2, shape, galaxy, flux, sigma_arcsec=1.5)
+    only_one, bands1, cov1 = make_cutout(_bands([(d1, w1)]), galaxy, size=48,
+                                         scale=SDSS_PIXEL_SCALE, return_bands=True)
+    assert cov1.min() == 0.0  # one frame alone leaves a hole
+    rgb, bands, cov = make_cutout(_bands([(d1, w1), (d2, w2)]), galaxy, size=48,
+                                  scale=SDSS_PIXEL_SCALE, return_bands=True)
+    assert cov.min() == 1.0
+    assert not np.any(np.all(rgb == 0, axis=2)[20:28, 20:28])  # no empty region at the galaxy
+    assert bands["r"].sum() == pytest.approx(flux, rel=0.03)
+    assert bands1["r"].sum() < 0.7 * flux
+
+
+def test_subtract_background_ignores_sources():
+    rng = np.random.default_rng(1)
+    img = rng.normal(0.2, 0.01, (64, 64))
+    yy, xx = np.mgrid[0:64, 0:64]
+    img += 5.0 * np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / (2 * 6.0 ** 2))
+    out, level = subtract_background(img)
+    assert level == pytest.approx(0.2, abs=0.005)
+    assert np.median(out[:10, :10]) == pytest.approx(0.0, abs=0.005)
+    # an empty patch of sky is fine (no warning, level ~ mean)
+    out, level = subtract_background(rng.normal(1.0, 0.01, (32, 32)))
+    assert level == pytest.approx(1.0, abs=0.005)
+    # uncovered pixels stay zero
+    cov = np.ones((32, 32))
+    cov[:, :5] = 0
+    out, _ = subtract_background(rng.normal(1.0, 0.01, (32, 32)), coverage=cov)
+    assert np.all(out[:, :5] == 0)
+
+
+def test_make_cutout_input_errors():
+    center = SkyCoord(0, 0, unit="deg")
+    with pytest.raises(ValueError, match="lacks band"):
+        make_cutout({"g": [], "r": [], "i": []}, center)
+    with pytest.raises(TypeError, match="HDU/HDUList or a"):
+        make_cutout({"g": ["x"], "r": ["x"], "i": ["x"]}, center)
+
+
+def test_make_cutouts_argument_errors():
+    coords = SkyCoord([1.0], [2.0], unit="deg")
+    with pytest.raises(TypeError, match="must be an astropy SkyCoord"):
+        make_cutouts([(1.0, 2.0)])
+    with pytest.raises(ValueError, match="source must be 'frames' or 'jpeg'"):
+        make_cutouts(coords, source="fits")
+    with pytest.raises(ValueError, match="scale must be 'adaptive' or an angle"):
+        make_cutouts(coords, scale="big", source="jpeg")
+    with pytest.raises(ValueError, match="1 values for 2 targets|2 values for 1 targets"):
+        make_cutouts(coords, scale=[1.0, 2.0] * u.arcsec / u.pix, source="jpeg")
+
+
+def test_make_cutout_on_real_sdss_frame(shared_data):
+    """Real corrected frame: the cutout of a bright object keeps its flux and centre."""
+    frames = {}
+    for band in "gri":
+        with fits.open(shared_data / "sdss-frames" / f"frame-{band}-003918-3-0213.fits.bz2") as hdul:
+            frames[band] = [(hdul[0].data.astype(np.float32), hdul[0].header.copy())]
+    data, header = frames["r"][0]
+    wcs = header_wcs(header)
+    # brightest compact object away from the edges
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(data, 2.0)
+    inner = smooth[100:-100, 100:-100]
+    y, x = np.unravel_index(np.argmax(inner), inner.shape)
+    y, x = y + 100, x + 100
+    position = wcs.pixel_to_world(x, y)
+    rgb, bands, coverage = make_cutout(frames, position, size=64, scale=SDSS_PIXEL_SCALE,
+                                       return_bands=True)
+    assert coverage.min() == 1.0
+    r = bands["r"]
+    peak = np.unravel_index(np.argmax(ndimage.gaussian_filter(r, 2.0)), r.shape)
+    assert abs(peak[0] - 31.5) <= 1.5 and abs(peak[1] - 31.5) <= 1.5
+    # aperture flux (radius 12 px) agrees with the frame's, after each one's background
+    yy, xx = np.mgrid[0:64, 0:64]
+    in_cut = (xx - 31.5) ** 2 + (yy - 31.5) ** 2 < 12 ** 2
+    fy, fx = np.mgrid[y - 40:y + 41, x - 40:x + 41]
+    box = data[y - 40:y + 41, x - 40:x + 41].astype(float)
+    in_frame = (fx - x) ** 2 + (fy - y) ** 2 < 12 ** 2
+    frame_flux = box[in_frame].sum() - np.median(box[~in_frame]) * in_frame.sum()
+    assert r[in_cut].sum() == pytest.approx(frame_flux, rel=0.05)
+    assert rgb[29:35, 29:35].mean() > rgb[:8, :8].mean() + 20
