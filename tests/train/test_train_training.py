@@ -1,0 +1,134 @@
+"""train_model: loss falls, checkpoint/resume, fine-tuning, augmentation."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from astro_metallicity.model import dihedral_views, load_model  # noqa: E402
+from astro_metallicity.train import (  # noqa: E402
+    RandomRot90,
+    residual_metrics,
+    train_model,
+    training_transform,
+)
+
+KW = dict(arch="tiny", input_size=16, batch_size=32, max_lr=1e-2, device="cpu")
+
+
+def test_loss_falls_and_model_learns(labelled_set):
+    train, val = labelled_set.subset(np.arange(120)), labelled_set.subset(np.arange(120, 160))
+    result = train_model(train, val, epochs=6, seed=1, **dict(KW, batch_size=16))
+    losses = [h["train_loss"] for h in result.history]
+    assert len(losses) == 6
+    assert losses[-1] < losses[0] - 0.5  # (the NLL part of the loss may go negative)
+    truth = val.targets(["metallicity"])[:, 0]
+    pred = result.model.predict(val.images)["metallicity"]
+    # better than predicting the mean
+    assert residual_metrics(truth, pred)["rmse"] < 0.8 * np.std(truth)
+    assert result.history[-1]["val_metallicity_rmse"] > 0
+    meta = result.model.metadata
+    assert meta["outputs"] == ["metallicity", "log_mstar"]
+    assert meta["label_mean"]["metallicity"] == pytest.approx(np.mean(truth), abs=0.1)
+    assert meta["training"][0]["n_train"] == 120
+    assert meta["cutout_size"] == 24 and meta["input_size"] == 16
+
+
+def test_checkpoint_resume_matches_uninterrupted_run(labelled_set, tmp_path):
+    train, val = labelled_set.subset(np.arange(96)), labelled_set.subset(np.arange(96, 128))
+    full = train_model(train, val, epochs=3, seed=2, patience=10,
+                       checkpoint_dir=tmp_path / "a", **KW)
+    part = train_model(train, val, epochs=3, seed=2, patience=10, stop_after=1,
+                       checkpoint_dir=tmp_path / "b", **KW)
+    assert not part.completed and len(part.history) == 1
+    assert (tmp_path / "b" / "last_checkpoint.pt").is_file()
+    assert not (tmp_path / "b" / "best.pt").exists()
+    resumed = train_model(train, val, epochs=3, seed=2, patience=10,
+                          checkpoint_dir=tmp_path / "b", **KW)
+    assert resumed.completed and len(resumed.history) == 3
+    for a, b in zip(full.history, resumed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    sa, sb = full.model.network.state_dict(), resumed.model.network.state_dict()
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6)
+    # the best model is saved in the package format and loads
+    best = load_model(tmp_path / "b" / "best.pt", device="cpu")
+    np.testing.assert_allclose(best.predict(val.images)["metallicity"],
+                               resumed.model.predict(val.images)["metallicity"], atol=1e-5)
+    # a finished run resumes to the same result without training again
+    again = train_model(train, val, epochs=3, seed=2, patience=10,
+                        checkpoint_dir=tmp_path / "b", **KW)
+    assert len(again.history) == 3 and again.best_epoch == resumed.best_epoch
+
+
+def test_resume_refuses_other_run(labelled_set, tmp_path):
+    train = labelled_set.subset(np.arange(64))
+    train_model(train, epochs=1, seed=0, checkpoint_dir=tmp_path, **KW)
+    with pytest.raises(ValueError, match="belongs to another run"):
+        train_model(train, epochs=2, seed=0, checkpoint_dir=tmp_path, **KW)
+    # resume=False starts afresh
+    result = train_model(train, epochs=2, seed=0, checkpoint_dir=tmp_path, resume=False, **KW)
+    assert len(result.history) == 2
+
+
+def test_early_stopping(labelled_set):
+    train, val = labelled_set.subset(np.arange(64)), labelled_set.subset(np.arange(64, 96))
+    # a learning rate this large diverges, so validation stops improving
+    result = train_model(train, val, epochs=8, seed=0, patience=1, arch="tiny", input_size=16,
+                         batch_size=32, max_lr=5.0, device="cpu")
+    if result.stopped_early:
+        assert len(result.history) < 8
+        assert result.best_epoch == int(np.argmin([h["val_metallicity_rmse"]
+                                                   for h in result.history]))
+    else:  # pragma: no cover - extremely unlikely with this learning rate
+        pytest.fail("training with max_lr=5 never stopped early")
+
+
+def test_fine_tune_with_missing_labels(labelled_set, tmp_path):
+    train = labelled_set.subset(np.arange(64))
+    pre = train_model(train, epochs=1, seed=0, checkpoint_dir=tmp_path / "pre", **KW)
+    real = labelled_set.subset(np.arange(64, 128))
+    real.catalog.remove_column("lgm_tot_p50")  # like the real JPEG set: metallicity only
+    assert np.all(np.isnan(real.targets(["log_mstar"])))
+    tuned = train_model(real, epochs=2, seed=0, init_from=tmp_path / "pre" / "best.pt",
+                        arch="resnet18", input_size=99, batch_size=32, max_lr=1e-3,
+                        device="cpu", metadata={"provenance": {"stage": "fine-tune"}})
+    meta = tuned.model.metadata
+    assert meta["arch"] == "tiny" and meta["input_size"] == 16  # kept from the pretrained model
+    assert meta["outputs"] == ["metallicity", "log_mstar"]
+    assert meta["label_mean"] == pre.model.metadata["label_mean"]
+    assert len(meta["training"]) == 2 and meta["training"][1]["n_train"] == 64
+    assert meta["provenance"]["stage"] == "fine-tune"
+    assert all(np.isfinite(h["train_loss"]) for h in tuned.history)
+    json.dumps(meta)  # metadata stays JSON-serialisable
+
+
+def test_training_transform_is_dihedral_without_zoom():
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    views = {tuple(v.flatten().tolist()) for v in dihedral_views(image[None])}
+    transform = training_transform(16, zoom=1.0)
+    seen = set()
+    for _ in range(60):
+        out = transform(image)
+        assert out.shape == (3, 16, 16) and out.dtype == torch.uint8
+        seen.add(tuple(out[None].flatten().tolist()))
+    assert seen <= views and len(seen) == 8
+    zoomed = training_transform(8, zoom=1.1)(image)
+    assert zoomed.shape == (3, 8, 8)
+    with pytest.raises(ValueError, match="zoom must be >= 1"):
+        training_transform(8, zoom=0.5)
+    assert repr(RandomRot90()) == "RandomRot90()"
+
+
+def test_train_model_argument_errors(labelled_set):
+    with pytest.raises(ValueError, match="loss must be"):
+        train_model(labelled_set, loss="l1", **KW)
+    with pytest.raises(ValueError, match="at least one cutout"):
+        train_model(labelled_set.subset(np.array([], dtype=int)), **KW)
+    with pytest.raises(TypeError, match="train must be a LabelledCutouts"):
+        train_model(42, **KW)
+    with pytest.raises(ValueError, match="epochs and batch_size must be positive"):
+        train_model(labelled_set, epochs=0, **KW)
