@@ -1,0 +1,397 @@
+"""Simulated population of SDSS main-sample star-forming galaxies.
+
+The scaling relations (all cited in the docs, see ``docs/mock.rst``):
+
+* stellar mass function: double Schechter fit of Baldry et al. (2012, MNRAS 421, 621),
+  times a star-forming fraction falling through 50 per cent at 10^10.5 Msun;
+* redshifts uniform in comoving volume for 0.02 < z < 0.3 (Planck 2018 cosmology);
+* star-forming sequence: log sSFR = -0.35 (log M* - 10) - 9.83, scatter 0.3 dex
+  (Salim et al. 2007, ApJS 173, 267);
+* mass-metallicity relation Z = -1.492 + 1.847 x - 0.08026 x^2
+  (Tremonti et al. 2004, ApJ 613, 898), with the SFR dependence at fixed mass
+  of the fundamental metallicity relation (Mannucci et al. 2010, MNRAS 408, 2115)
+  and an intrinsic Gaussian scatter;
+* late-type mass-size relation R50 = 0.10 kpc M^0.14 (1 + M / 3.98e10)^0.25
+  with its mass-dependent log-normal scatter (Shen et al. 2003, MNRAS 343, 978);
+* colour-based mass-to-light ratio log M*/L_i = -0.68 + 0.70 (g - i)
+  (Taylor et al. 2011, MNRAS 418, 1587);
+* the SDSS main-sample cut petroMag_r < 17.77 (Strauss et al. 2002, AJ 124, 1810).
+
+Photometric, structural and spectroscopic columns mimic the SDSS ``PhotoObj``,
+``SpecObj`` and MPA-JHU ``GalSpec*`` tables, so that the mock SkyServer can
+answer the project's training query. A simulated survey is a test bed, not the
+sky.
+"""
+
+import math
+
+import numpy as np
+from astropy import units as u
+from astropy.table import QTable
+
+from ._footprint import (BANDS, NCOL, PIXEL_SCALE, RERUN, ROW_STEP, COL_STEP, NROW,
+                         Footprint, make_objid, make_specobjid)
+
+__all__ = ["simulate_galaxies", "tremonti_mzr", "mannucci_fmr", "MAIN_SAMPLE_RLIM"]
+
+#: SDSS main galaxy sample limit in Petrosian r magnitude (Strauss et al. 2002).
+MAIN_SAMPLE_RLIM = 17.77
+
+_ZMIN, _ZMAX = 0.02, 0.3
+_LOGM_MIN, _LOGM_MAX = 8.5, 11.5
+_MSUN_I = 4.58  # AB absolute magnitude of the Sun in i (Taylor et al. 2011)
+# Rough K-corrections of blue galaxies, K_b ~ k_b z (mag).
+_KCORR = {"u": 2.5, "g": 2.0, "r": 1.0, "i": 0.5, "z": 0.4}
+# Relative bulge-to-disk flux weight per band (bulges are redder than disks).
+_BULGE_WEIGHT = {"u": 0.55, "g": 0.8, "r": 1.0, "i": 1.15, "z": 1.25}
+# Galactic extinction coefficients A_b / E(B-V) (Schlafly & Finkbeiner 2011).
+_EXT = {"u": 4.239, "g": 3.303, "r": 2.285, "i": 1.698, "z": 1.263}
+
+
+def tremonti_mzr(logm):
+    """Mass-metallicity relation of Tremonti et al. (2004).
+
+    Parameters
+    ----------
+    logm : array-like
+        log10 stellar mass in solar masses (valid for 8.5 < logm < 11.5).
+
+    Returns
+    -------
+    oh : `~numpy.ndarray`
+        12 + log(O/H).
+    """
+    x = np.asarray(logm, dtype=float)
+    return -1.492 + 1.847 * x - 0.08026 * x ** 2
+
+
+def mannucci_fmr(logm, logsfr):
+    """Fundamental metallicity relation of Mannucci et al. (2010), their eq. 2.
+
+    Parameters
+    ----------
+    logm : array-like
+        log10 stellar mass in solar masses.
+    logsfr : array-like
+        log10 star formation rate in solar masses per year.
+
+    Returns
+    -------
+    oh : `~numpy.ndarray`
+        12 + log(O/H).
+    """
+    m = np.asarray(logm, dtype=float) - 10.0
+    s = np.asarray(logsfr, dtype=float)
+    return 8.90 + 0.37 * m - 0.14 * s - 0.19 * m ** 2 + 0.12 * m * s - 0.054 * s ** 2
+
+
+def _ssfr_mean(logm):
+    """Star-forming sequence of Salim et al. (2007): mean log sSFR [1/yr]."""
+    return -0.35 * (np.asarray(logm) - 10.0) - 9.83
+
+
+def _inverse_cdf_sampler(x, pdf):
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(x))])
+    cdf /= cdf[-1]
+    return lambda uniform: np.interp(uniform, cdf, x)
+
+
+def _cosmology_grids(cosmology):
+    zg = np.linspace(_ZMIN, _ZMAX, 600)
+    dvdz = cosmology.differential_comoving_volume(zg).value
+    distmod = cosmology.distmod(zg).value
+    kpc_per_arcsec = cosmology.kpc_proper_per_arcmin(zg).to_value(u.kpc / u.arcmin) / 60.0
+    dl_cm = cosmology.luminosity_distance(zg).to_value(u.cm)
+    return zg, dvdz, distmod, kpc_per_arcsec, dl_cm
+
+
+def _field_seeing(rng, n_fields, seeing):
+    """r-band seeing FWHM per field (arcsec): log-normal around ``seeing``."""
+    fwhm = seeing * np.exp(rng.normal(0.0, 0.12, n_fields))
+    return np.clip(fwhm, 0.9, 2.3)
+
+
+def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallicity_scatter=0.08,
+                      ra0=185.0, dec0=1.0, run=4294, min_separation=12.0 * u.arcsec,
+                      cosmology=None):
+    """Draw a simulated SDSS main-sample population of star-forming galaxies.
+
+    Galaxies are drawn from a stellar mass function and uniformly in comoving
+    volume, given star formation rates, metallicities, sizes, disk+bulge
+    structure and *ugriz* photometry, and kept if brighter than the main-sample
+    limit r < 17.77. They are placed on a compact patch of overlapping SDSS-like
+    fields. Deterministic for a given ``seed``.
+
+    Parameters
+    ----------
+    n : int
+        Number of galaxies to return (after the magnitude cut).
+    seed : int, optional
+        Seed of the random generator.
+    galaxies_per_field : float, optional
+        Mean number of galaxies per field; sets how many fields the sky has.
+    seeing : float, optional
+        Median r-band seeing FWHM in arcsec (varies per field).
+    metallicity_scatter : float, optional
+        Intrinsic Gaussian scatter (dex) of 12+log(O/H) about the relation.
+    ra0, dec0 : float, optional
+        Centre of the footprint in degrees.
+    run : int, optional
+        SDSS run number of the simulated imaging.
+    min_separation : `~astropy.units.Quantity`, optional
+        Minimum distance between two galaxies (angle).
+    cosmology : `~astropy.cosmology.Cosmology`, optional
+        Default `~astropy.cosmology.Planck18`.
+
+    Returns
+    -------
+    catalog : `~astropy.table.QTable`
+        One row per galaxy with positions (deg), identifiers (objid, specobjid,
+        run, rerun, camcol, field, obj), redshift, 12+log(O/H) ``oh_p50`` and
+        its percentiles (dex), ``lgm_tot_p50`` (log M*/Msun, dex),
+        ``sfr_tot_p50`` (log SFR/(Msun/yr), dex), Petrosian radii (arcsec),
+        model/Petrosian/PSF magnitudes and errors in *ugriz*, line fluxes,
+        ``d4000``, ``bptclass``, ``rChi2`` and the structural parameters the
+        renderer uses (``r50_disk``, ``r50_bulge`` in arcsec, ``bulge_frac_*``,
+        ``axis_ratio``, ``bulge_axis_ratio``, ``pos_angle`` in deg). The footprint
+        and per-field seeing are stored in ``catalog.meta``.
+    """
+    if int(n) != n or n < 1:
+        msg = f"n must be a positive integer number of galaxies, got {n!r}"
+        raise ValueError(msg)
+    n = int(n)
+    if galaxies_per_field <= 0:
+        msg = f"galaxies_per_field must be positive, got {galaxies_per_field!r}"
+        raise ValueError(msg)
+    if cosmology is None:
+        from astropy.cosmology import Planck18 as cosmology
+    rng = np.random.default_rng(seed)
+
+    zg, dvdz, distmod_g, kpc_arcsec_g, dl_g = _cosmology_grids(cosmology)
+    draw_z = _inverse_cdf_sampler(zg, dvdz)
+    # Double Schechter stellar mass function (Baldry et al. 2012).
+    mg = np.linspace(_LOGM_MIN, _LOGM_MAX, 800)
+    mu = 10 ** (mg - 10.66)
+    phi = np.log(10) * np.exp(-mu) * (3.96e-3 * mu ** (1 - 0.35) + 0.79e-3 * mu ** (1 - 1.47))
+    # keep the star-forming share only: it falls from ~1 at low mass to ~0 above 10^11
+    phi /= 1.0 + np.exp((mg - 10.5) / 0.25)
+    draw_logm = _inverse_cdf_sampler(mg, phi)
+
+    chunks = []
+    kept = 0
+    while kept < n:
+        m = max(20000, 40 * (n - kept))
+        z = draw_z(rng.random(m))
+        logm = draw_logm(rng.random(m))
+        gal = _photometry(rng, z, logm, np.interp(z, zg, distmod_g))
+        sel = gal["petroMag_r"] < MAIN_SAMPLE_RLIM
+        gal = {k: v[sel] for k, v in gal.items()}
+        chunks.append(gal)
+        kept += int(sel.sum())
+    gal = {k: np.concatenate([c[k] for c in chunks])[:n] for k in chunks[0]}
+
+    # --- sizes and structure (Shen et al. 2003, late types)
+    mass = 10 ** gal["logm"]
+    r50_kpc = 0.10 * mass ** 0.14 * (1 + mass / 3.98e10) ** (0.39 - 0.14)
+    sig_ln = 0.34 + (0.47 - 0.34) / (1 + (mass / 3.98e10) ** 2)
+    r50_kpc *= np.exp(rng.normal(0.0, 1.0, n) * sig_ln)
+    r50 = r50_kpc / np.interp(gal["z"], zg, kpc_arcsec_g)  # arcsec
+    r50 = np.clip(r50, 0.3, 30.0)
+    bt = np.clip(0.12 + 0.22 * (gal["logm"] - 10.0) + rng.normal(0, 0.08, n), 0.0, 0.7)
+    cos_i = rng.random(n)
+    q0 = 0.2
+    axis_ratio = np.sqrt((1 - q0 ** 2) * cos_i ** 2 + q0 ** 2)
+    bulge_q = np.clip(rng.uniform(0.7, 1.0, n), axis_ratio, 1.0)
+    pos_angle = rng.uniform(0.0, 180.0, n)
+    r50_disk = r50
+    r50_bulge = 0.35 * r50
+
+    # --- sky positions on the footprint
+    n_fields = max(1, int(math.ceil(n / galaxies_per_field)))
+    fp = Footprint(n_fields, run=run, ra0=ra0, dec0=dec0)
+    fwhm = _field_seeing(rng, len(fp), seeing)
+    k, col, row = _place(rng, fp, n, min_separation.to_value(u.arcsec))
+    ra = np.empty(n)
+    dec = np.empty(n)
+    for kk in np.unique(k):
+        sel = k == kk
+        ra[sel], dec[sel] = fp.wcs(kk).wcs_pix2world(col[sel], row[sel], 0)
+    ra %= 360.0
+
+    # sort by (camcol, field, row) like an SDSS photometric catalogue; assign obj numbers
+    order = np.lexsort((row, fp.field[k], fp.camcol[k]))
+    k = k[order]
+    ra, dec = ra[order], dec[order]
+    perm = {name: v[order] for name, v in gal.items()}
+    r50_disk, r50_bulge, bt = r50_disk[order], r50_bulge[order], bt[order]
+    axis_ratio, bulge_q, pos_angle = axis_ratio[order], bulge_q[order], pos_angle[order]
+    gal = perm
+    obj = np.zeros(n, dtype=np.int64)
+    for kk in np.unique(k):
+        sel = np.flatnonzero(k == kk)
+        obj[sel] = 1 + np.arange(len(sel)) * 3 + rng.integers(0, 3, len(sel))
+    camcol = fp.camcol[k]
+    field = fp.field[k]
+    objid = make_objid(fp.run, camcol, field, obj)
+    seeing_gal = fwhm[k]
+
+    # Observed Petrosian radii: intrinsic radii added in quadrature with the PSF.
+    r50_int = r50_disk * (1 - 0.45 * bt)
+    conc = 2.3 + 1.0 * bt
+    petro_r50 = np.sqrt(r50_int ** 2 + (0.5 * seeing_gal) ** 2)
+    petro_r90 = np.sqrt((conc * r50_int) ** 2 + (0.91 * seeing_gal) ** 2)
+
+    # --- spectroscopy (SpecObj + MPA-JHU GalSpec*)
+    idx = np.arange(n)
+    plate = 1000 + idx // 640
+    fiber = 1 + idx % 640
+    mjd = 52000 + (plate * 7) % 2500
+    specobjid = make_specobjid(plate, fiber, mjd)
+    zerr = np.abs(rng.normal(1.5e-5, 0.5e-5, n)) + 2e-6
+    rchi2 = np.clip(rng.normal(1.05, 0.15, n), 0.6, None)
+    bad_fit = rng.random(n) < 0.02
+    rchi2[bad_fit] = rng.uniform(2.05, 4.0, bad_fit.sum())
+
+    logm, z = gal["logm"], gal["z"]
+    logsfr = logm + gal["logssfr"]
+    x = np.clip(logm, _LOGM_MIN, _LOGM_MAX)
+    oh = (tremonti_mzr(x) + mannucci_fmr(x, logsfr) - mannucci_fmr(x, x + _ssfr_mean(x))
+          + rng.normal(0.0, metallicity_scatter, n))
+    oh_err = np.clip(rng.normal(0.04, 0.01, n), 0.015, None)
+    # MPA-JHU gives no metallicity for AGN/composites; a few such galaxies fail the query cut.
+    agn = rng.random(n) < 0.03
+    bptclass = np.where(agn, rng.choice([3, 4], n), 1).astype(np.int32)
+
+    # Emission lines (1e-17 erg/s/cm^2): Halpha from SFR (Kennicutt 1998) in a 3" fibre,
+    # [NII] from the N2 calibration of Pettini & Pagel (2004), Balmer decrement for A_V ~ 1.
+    dl = np.interp(z, zg, dl_g)
+    fib = np.clip(1.5 ** 2 / (petro_r50 ** 2 + 1.5 ** 2), 0.1, 0.9)
+    ha = 10 ** logsfr / 7.9e-42 / (4 * np.pi * dl ** 2) * 1e17 * fib * 10 ** (-0.4 * 0.8)
+    n2 = np.clip((oh - 8.90) / 0.57, -2.5, 0.0)
+    nii = ha * 10 ** n2
+    hb = ha / 2.86 / 1.35
+    o3n2 = np.clip((8.73 - oh) / 0.32, -1.0, 2.5)
+    oiii = hb * 10 ** (o3n2 + n2)
+    oii = hb * 10 ** (0.6 - 1.2 * (oh - 8.7))
+    line_err = 0.05 * ha + 3.0
+    d4000 = np.clip(1.25 + 0.12 * (logm - 10) - 0.35 * (gal["logssfr"] - _ssfr_mean(logm))
+                    + rng.normal(0, 0.05, n), 0.9, 2.0)
+
+    t = QTable(meta={
+        "description": "Simulated SDSS main-sample star-forming galaxies (astro_metallicity.mock)",
+        "seed": seed, "n_fields": n_fields, "run": fp.run, "ra0": ra0, "dec0": dec0,
+        "seeing": seeing, "fwhm_r": fwhm.tolist(), "galaxies_per_field": galaxies_per_field,
+        "metallicity_scatter": metallicity_scatter, "cosmology": cosmology.name,
+    })
+    t["objid"] = objid
+    t["ra"] = ra * u.deg
+    t["dec"] = dec * u.deg
+    t["run"] = np.full(n, fp.run, dtype=np.int32)
+    t["rerun"] = np.full(n, RERUN, dtype=np.int32)
+    t["camcol"] = camcol.astype(np.int32)
+    t["field"] = field.astype(np.int32)
+    t["obj"] = obj.astype(np.int32)
+    t["type"] = np.full(n, 3, dtype=np.int32)
+    t["specobjid"] = specobjid
+    t["plate"] = plate.astype(np.int32)
+    t["mjd"] = mjd.astype(np.int32)
+    t["fiberID"] = fiber.astype(np.int32)
+    t["z"] = z
+    t["zErr"] = zerr
+    t["rChi2"] = rchi2
+    t["oh_p50"] = oh * u.dex
+    t["oh_p2p5"] = (oh - 2 * oh_err) * u.dex
+    t["oh_p16"] = (oh - oh_err) * u.dex
+    t["oh_p84"] = (oh + oh_err) * u.dex
+    t["oh_p97p5"] = (oh + 2 * oh_err) * u.dex
+    for name in ("oh_p50", "oh_p2p5", "oh_p16", "oh_p84", "oh_p97p5"):
+        t[name][agn] = -9999 * u.dex
+    t["lgm_tot_p50"] = logm * u.dex
+    t["sfr_tot_p50"] = logsfr * u.dex
+    t["bptclass"] = bptclass
+    t["d4000"] = d4000
+    t["h_alpha_flux"] = ha
+    t["h_alpha_flux_err"] = line_err
+    t["h_beta_flux"] = hb
+    t["h_beta_flux_err"] = line_err
+    t["oiii_5007_flux"] = oiii
+    t["oiii_5007_flux_err"] = line_err
+    t["nii_6584_flux"] = nii
+    t["nii_6584_flux_err"] = line_err
+    t["oii_3726_flux"] = 0.45 * oii
+    t["oii_3726_flux_err"] = line_err
+    t["oii_3729_flux"] = 0.55 * oii
+    t["oii_3729_flux_err"] = line_err
+    t["petroR50_r"] = petro_r50 * u.arcsec
+    t["petroR90_r"] = petro_r90 * u.arcsec
+    for b in BANDS:
+        t[f"modelMag_{b}"] = gal[f"mag_{b}"] * u.mag
+        t[f"modelMagErr_{b}"] = gal[f"err_{b}"] * u.mag
+    for b in BANDS:
+        t[f"petroMag_{b}"] = (gal[f"mag_{b}"] + gal["petro_offset"]) * u.mag
+    for b in BANDS:
+        conc_term = 2.5 * np.log10(1 + (petro_r50 / (0.5 * seeing_gal)) ** 2)
+        t[f"psfMag_{b}"] = (gal[f"mag_{b}"] + 0.3 + conc_term) * u.mag
+        t[f"psfMagErr_{b}"] = 1.5 * gal[f"err_{b}"] * u.mag
+    for b in BANDS:
+        t[f"extinction_{b}"] = _EXT[b] * gal["ebv"] * u.mag
+    for b in BANDS:
+        wb = _BULGE_WEIGHT[b]
+        t[f"bulge_frac_{b}"] = bt * wb / (bt * wb + (1 - bt))
+    t["r50_disk"] = r50_disk * u.arcsec
+    t["r50_bulge"] = r50_bulge * u.arcsec
+    t["axis_ratio"] = axis_ratio
+    t["bulge_axis_ratio"] = bulge_q
+    t["pos_angle"] = pos_angle * u.deg
+    t["seeing_r"] = seeing_gal * u.arcsec
+    return t
+
+
+def _photometry(rng, z, logm, distmod):
+    """Rest-frame colours from mass and sSFR, M/L from Taylor et al. (2011), observed mags."""
+    m = len(z)
+    logssfr = _ssfr_mean(logm) + rng.normal(0.0, 0.3, m)
+    dssfr = logssfr - _ssfr_mean(logm)
+    gi = np.clip(0.78 + 0.16 * (logm - 10.0) - 0.25 * dssfr + rng.normal(0, 0.06, m), 0.2, 1.4)
+    log_ml_i = -0.68 + 0.70 * gi
+    abs_i = _MSUN_I - 2.5 * (logm - log_ml_i)
+    colours = {"u": abs_i + gi + 1.1 + 0.8 * (gi - 0.75), "g": abs_i + gi,
+               "r": abs_i + 0.36 * gi, "i": abs_i, "z": abs_i - (0.1 + 0.3 * (gi - 0.75))}
+    out = {"z": z, "logm": logm, "logssfr": logssfr}
+    for b, absmag in colours.items():
+        mag = absmag + distmod + _KCORR[b] * z
+        out[f"mag_{b}"] = mag
+        # errors from a sky-limited 53.9 s SDSS exposure (rough)
+        out[f"err_{b}"] = np.hypot(0.01, 0.02 * 10 ** (0.4 * (mag - 18.0)) * (2.0 if b in "uz" else 1.0))
+    out["petro_offset"] = 0.05 + rng.normal(0.0, 0.03, m)
+    out["petroMag_r"] = out["mag_r"] + out["petro_offset"]
+    out["ebv"] = rng.uniform(0.01, 0.06, m)
+    return out
+
+
+def _place(rng, fp, n, min_sep_arcsec):
+    """Uniform positions on the unique (non-overlapping) part of the fields.
+
+    Returns field index and pixel coordinates (0-based column, row). Galaxies closer
+    than ``min_sep_arcsec`` to another are redrawn.
+    """
+    from scipy.spatial import cKDTree
+
+    col_margin = (NCOL - COL_STEP) / 2.0
+    row_margin = (NROW - ROW_STEP) / 2.0
+    k = rng.integers(0, len(fp), n)
+    col = rng.uniform(col_margin, NCOL - col_margin, n) - 0.5
+    row = rng.uniform(row_margin, NROW - row_margin, n) - 0.5
+    min_sep_px = min_sep_arcsec / PIXEL_SCALE
+    for _ in range(50):
+        # global plane coordinates in pixels (camcol across, field along)
+        gx = (fp.camcol[k] - 1) * COL_STEP + col
+        gy = (fp.field[k] - fp.field.min()) * ROW_STEP + row
+        pairs = cKDTree(np.column_stack([gx, gy])).query_pairs(min_sep_px, output_type="ndarray")
+        if len(pairs) == 0:
+            break
+        redo = np.unique(pairs[:, 1])
+        k[redo] = rng.integers(0, len(fp), len(redo))
+        col[redo] = rng.uniform(col_margin, NCOL - col_margin, len(redo)) - 0.5
+        row[redo] = rng.uniform(row_margin, NROW - row_margin, len(redo)) - 0.5
+    return k, col, row

@@ -1,0 +1,349 @@
+"""Rendering of simulated SDSS corrected frames (``frame-{band}-{run}-{camcol}-{field}``).
+
+Each galaxy is an exponential disk plus a de Vaucouleurs (Sersic n=4) bulge,
+evaluated with sub-pixel oversampling on a local stamp, normalised to its
+catalogue flux and convolved with a Moffat PSF (beta = 3) whose FWHM is the
+seeing of the field in that band. Stars are Moffat point sources. The frame is
+then given sky and Poisson + read noise of a 53.9 s SDSS exposure, expressed
+in nanomaggies per pixel after sky subtraction, as in SDSS corrected frames.
+"""
+
+import math
+
+import numpy as np
+
+from ._footprint import BANDS, NCOL, NROW, PIXEL_SCALE, RERUN
+
+__all__ = ["moffat_kernel", "sersic_stamp", "render_frame", "frame_hdulist", "MOFFAT_BETA"]
+
+MOFFAT_BETA = 3.0
+EXPTIME = 53.907456
+#: Dark-sky surface brightness (AB mag/arcsec^2) per band (SDSS, Stoughton et al. 2002).
+SKY_MAG = {"u": 22.1, "g": 21.9, "r": 20.9, "i": 20.2, "z": 18.9}
+#: Calibration (nanomaggies per count) and gain (electrons per count), SDSS-like.
+NMGY_PER_COUNT = {"u": 0.0105, "g": 0.00378, "r": 0.00511, "i": 0.00679, "z": 0.0331}
+GAIN = {"u": 1.6, "g": 3.3, "r": 4.7, "i": 4.6, "z": 4.6}
+READ_NOISE = {"u": 3.0, "g": 2.0, "r": 2.0, "i": 2.5, "z": 2.5}  # counts
+#: Seeing FWHM in each band relative to r.
+SEEING_RATIO = {"u": 1.15, "g": 1.07, "r": 1.0, "i": 0.95, "z": 0.93}
+
+
+def _bn(n):
+    return 2.0 * n - 1.0 / 3.0 + 4.0 / (405.0 * n) + 46.0 / (25515.0 * n * n)
+
+
+def moffat_kernel(fwhm_px, *, beta=MOFFAT_BETA, size=None, center=(0.0, 0.0), oversample=3):
+    """Moffat PSF image normalised to unit sum.
+
+    Parameters
+    ----------
+    fwhm_px : float
+        Full width at half maximum in pixels.
+    beta : float, optional
+        Moffat index.
+    size : int, optional
+        Odd side length; default ``2 * ceil(4 * fwhm_px) + 1``.
+    center : tuple of float, optional
+        Sub-pixel offset (x, y) of the source from the central pixel.
+    oversample : int, optional
+        Sub-pixel sampling per axis.
+
+    Returns
+    -------
+    kernel : `~numpy.ndarray`
+        ``float64`` array of shape ``(size, size)`` summing to one.
+    """
+    if size is None:
+        size = 2 * int(math.ceil(4.0 * fwhm_px)) + 1
+    half = size // 2
+    alpha = fwhm_px / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+    grid = (np.arange(size) - half)[:, None] + sub[None, :]
+    y = (grid.ravel() - center[1])[:, None]
+    x = (grid.ravel() - center[0])[None, :]
+    img = (1.0 + (x * x + y * y) / alpha ** 2) ** (-beta)
+    img = img.reshape(size, oversample, size, oversample).mean(axis=(1, 3))
+    return img / img.sum()
+
+
+def sersic_stamp(shape, xc, yc, r_e, n, q, theta, oversample):
+    """Unit-sum Sersic profile on a stamp.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(ny, nx)`` of the stamp.
+    xc, yc : float
+        Centre in stamp pixel coordinates (0-based, pixel centres at integers).
+    r_e : float
+        Effective (half-light) radius along the major axis, pixels.
+    n : float
+        Sersic index.
+    q : float
+        Axis ratio b/a.
+    theta : float
+        Angle of the major axis from the +x axis, radians.
+    oversample : int
+        Sub-pixel samples per axis.
+
+    Returns
+    -------
+    stamp : `~numpy.ndarray`
+        ``float64`` image summing to one.
+    """
+    ny, nx = shape
+    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+    xs = (np.arange(nx)[:, None] + sub[None, :]).ravel() - xc
+    ys = (np.arange(ny)[:, None] + sub[None, :]).ravel() - yc
+    c, s = math.cos(theta), math.sin(theta)
+    xx = xs[None, :] * c + ys[:, None] * s
+    yy = -xs[None, :] * s + ys[:, None] * c
+    r = np.sqrt(xx * xx + (yy / q) ** 2) / r_e
+    if n == 1:
+        img = np.exp(-_bn(1) * r)
+    else:
+        img = np.exp(-_bn(n) * (r ** (1.0 / n) - 1.0))
+    if oversample > 1:
+        img = img.reshape(ny, oversample, nx, oversample).mean(axis=(1, 3))
+    total = img.sum()
+    return img / total if total > 0 else img
+
+
+def _add_stamp(image, stamp, x0, y0):
+    """Add ``stamp`` into ``image`` with its [0, 0] pixel at column x0, row y0 (clipped)."""
+    ny, nx = stamp.shape
+    ix0, iy0 = max(x0, 0), max(y0, 0)
+    ix1, iy1 = min(x0 + nx, image.shape[1]), min(y0 + ny, image.shape[0])
+    if ix1 <= ix0 or iy1 <= iy0:
+        return
+    image[iy0:iy1, ix0:ix1] += stamp[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+
+
+def _galaxy_image(g, band, fwhm_px, psf):
+    """PSF-convolved image of one galaxy (dict of scalars); returns stamp and origin offset."""
+    from scipy.signal import fftconvolve
+
+    flux = 10 ** (-0.4 * (g["mag"] - 22.5))
+    fb = g["bulge_frac"]
+    re_d = max(g["r50_disk"] / PIXEL_SCALE, 0.3)
+    re_b = max(g["r50_bulge"] / PIXEL_SCALE, 0.2)
+    theta = math.radians(g["pos_angle"])
+    h = int(min(max(math.ceil(6.0 * re_d), math.ceil(10.0 * re_b), 6), 160))
+    xc, yc = g["x"], g["y"]
+    ix, iy = int(round(xc)), int(round(yc))
+    size = 2 * h + 1
+    cx, cy = h + (xc - ix), h + (yc - iy)
+    os_d = int(min(max(math.ceil(6.0 / re_d), 1), 7))
+    img = (1.0 - fb) * sersic_stamp((size, size), cx, cy, re_d, 1, g["q"], theta, os_d)
+    if fb > 0:
+        hb = int(min(max(math.ceil(10.0 * re_b), 4), h))
+        sb = 2 * hb + 1
+        os_b = int(min(max(math.ceil(8.0 / re_b), 2), 9))
+        bulge = sersic_stamp((sb, sb), hb + (xc - ix), hb + (yc - iy), re_b, 4, g["qb"], theta, os_b)
+        img[h - hb:h + hb + 1, h - hb:h + hb + 1] += fb * bulge
+    img = fftconvolve(img, psf, mode="full")
+    kh = psf.shape[0] // 2
+    return flux * img, ix - h - kh, iy - h - kh
+
+
+def render_frame(galaxies, stars, band, *, wcs, fwhm_arcsec, sky_nmgy, rng, noise=True):
+    """Render one corrected frame.
+
+    Parameters
+    ----------
+    galaxies : dict of `~numpy.ndarray`
+        Per-galaxy ``ra``, ``dec`` (deg), ``mag`` (AB, this band), ``bulge_frac``,
+        ``r50_disk``, ``r50_bulge`` (arcsec), ``q``, ``qb``, ``pos_angle`` (deg; the
+        major axis angle east of north).
+    stars : dict of `~numpy.ndarray`
+        ``ra``, ``dec`` (deg) and ``mag`` of point sources.
+    band : str
+        One of ``ugriz``.
+    wcs : `~astropy.wcs.WCS`
+        WCS of the frame.
+    fwhm_arcsec : float
+        PSF FWHM in this band.
+    sky_nmgy : float
+        Sky level in nanomaggies per pixel (subtracted again; it sets the noise).
+    rng : `~numpy.random.Generator`
+        Source of the noise.
+    noise : bool, optional
+        If False, return the noiseless image.
+
+    Returns
+    -------
+    image : `~numpy.ndarray`
+        ``float32`` (1489, 2048) in nanomaggies per pixel, sky subtracted.
+    """
+    image = np.zeros((NROW, NCOL), dtype=np.float64)
+    fwhm_px = fwhm_arcsec / PIXEL_SCALE
+    psf = moffat_kernel(fwhm_px)
+    # Major axis at position angle PA east of north; in pixels north = +column (x),
+    # east = +row (y) for these frames, so theta from +x is PA itself.
+    if len(galaxies["ra"]):
+        x, y = wcs.wcs_world2pix(galaxies["ra"], galaxies["dec"], 0)
+        for j in range(len(x)):
+            g = {k: v[j] for k, v in galaxies.items()}
+            g["x"], g["y"] = float(x[j]), float(y[j])
+            if not (-200 < g["x"] < NCOL + 200 and -200 < g["y"] < NROW + 200):
+                continue
+            stamp, x0, y0 = _galaxy_image(g, band, fwhm_px, psf)
+            _add_stamp(image, stamp, x0, y0)
+    if len(stars["ra"]):
+        x, y = wcs.wcs_world2pix(stars["ra"], stars["dec"], 0)
+        for j in range(len(x)):
+            if not (-60 < x[j] < NCOL + 60 and -60 < y[j] < NROW + 60):
+                continue
+            flux = 10 ** (-0.4 * (stars["mag"][j] - 22.5))
+            h = int(math.ceil(4.0 * fwhm_px)) + (8 if stars["mag"][j] < 16 else 0)
+            ix, iy = int(round(x[j])), int(round(y[j]))
+            k = moffat_kernel(fwhm_px, size=2 * h + 1, center=(x[j] - ix, y[j] - iy))
+            _add_stamp(image, flux * k, ix - h, iy - h)
+    image = image.astype(np.float32)
+    if noise:
+        nmgy = NMGY_PER_COUNT[band]
+        counts = (np.clip(image, 0, None) + np.float32(sky_nmgy)) / np.float32(nmgy)
+        sigma = np.sqrt(counts / np.float32(GAIN[band]) + np.float32(READ_NOISE[band] ** 2))
+        sigma *= np.float32(nmgy)
+        image += sigma * rng.standard_normal((NROW, NCOL), dtype=np.float32)
+    return image
+
+
+def _truncate_mantissa(image, bits=10):
+    """Keep ``bits`` mantissa bits, as the SDSS FLOATCOMPRESS step does (helps bzip2)."""
+    view = np.ascontiguousarray(image, dtype=np.float32).view(np.uint32)
+    mask = np.uint32((0xFFFFFFFF << (23 - bits)) & 0xFFFFFFFF)
+    return (view & mask).view(np.float32)
+
+
+def frame_hdulist(image, band, *, wcs, run, camcol, field, sky_nmgy, mjd, fwhm_arcsec, airmass=1.2):
+    """Wrap a rendered frame in the four-HDU layout of an SDSS corrected frame.
+
+    Parameters
+    ----------
+    image : `~numpy.ndarray`
+        ``float32`` (1489, 2048) frame in nanomaggies per pixel.
+    band : str
+        Filter name.
+    wcs : `~astropy.wcs.WCS`
+        Frame WCS.
+    run, camcol, field : int
+        Frame identifiers.
+    sky_nmgy : float
+        Sky level (nanomaggies per pixel) for the binned sky (HDU2).
+    mjd : float
+        Observation date.
+    fwhm_arcsec : float
+        Seeing (recorded in the header as ``SEEING``).
+    airmass : float, optional
+        Airmass for the astrometry table.
+
+    Returns
+    -------
+    hdul : `~astropy.io.fits.HDUList`
+        HDU0 image + header (FILTER, RUN, CAMCOL, FIELD, NMGY, BUNIT, TAN WCS),
+        HDU1 calibration vector, HDU2 binned sky (ALLSKY, XINTERP, YINTERP),
+        HDU3 astrometry (asTrans).
+    """
+    from astropy.io import fits
+    from astropy.time import Time
+
+    nmgy = NMGY_PER_COUNT[band]
+    hdr = fits.Header()
+    t = Time(mjd, format="mjd")
+    ra_c, dec_c = wcs.wcs.crval
+    cards = [
+        ("TAI", round((mjd - 0.0) * 86400.0, 2), "1st row - Number of seconds since Nov 17 1858"),
+        ("RA", float(ra_c), "1st row - Right ascension of telescope boresigh"),
+        ("DEC", float(dec_c), "1st row - Declination of telescope boresight (d"),
+        ("SPA", 90.0, "1st row - Camera col position angle wrt north ("),
+        ("DATE-OBS", t.strftime("%Y-%m-%d"), "1st row - TAI date"),
+        ("TAIHMS", t.strftime("%H:%M:%S.00"), "1st row - TAI time (HH:MM:SS.SS) (TAI-UT = appr"),
+        ("MJD-OBS", float(math.floor(mjd)), "MJD at start of DATE-OBS (for WCS readers)"),
+        ("ORIGIN", "SDSS", None),
+        ("TELESCOP", "2.5m", None),
+        ("TIMESYS", "TAI", None),
+        ("RUN", int(run), "Run number"),
+        ("FRAME", int(field), "Frame sequence number within the run"),
+        ("CCDLOC", 10 * "rgiuz".index(band) + int(camcol) + 10, "Survey location of CCD (e.g., rowCol)"),
+        ("STRIPE", 10, "Stripe index number (23 <--> eta=0)"),
+        ("STRIP", "N", "Strip in the stripe being tracked."),
+        ("FLAVOR", "science", "Flavor of this run"),
+        ("OBSERVER", "mock", "Observer"),
+        ("SYS_SCN", "mean", "System of the scan great circle (e.g., mean)"),
+        ("EQNX_SCN", 2000.0, "Equinox of the scan great circle. (years)"),
+        ("NODE", 95.0, "RA of the great circle's ascending node (deg)"),
+        ("INCL", 0.0, "Great circle's inclination wrt cel. eq. (deg)"),
+        ("OBJECT", "10 N", "e.g., 'stripe 50.6 degrees, north strip'"),
+        ("EXPTIME", f"{EXPTIME:.6f}", "Exposure time (seconds)"),
+        ("SYSTEM", "FK5", "System of the TCC coordinates (e.g., mean)"),
+        ("CCDMODE", "DRIFT", "'STARING' or 'DRIFT'"),
+        ("C_OBS", 26322, "CCD row clock rate (usec/row)"),
+        ("COLBIN", 1, "Binning factor perpendicular to the columns"),
+        ("ROWBIN", 1, "Binning factor perpendicular to the rows"),
+        ("CAMROW", "rgiuz".index(band) + 1, "Row in the imaging camera"),
+        ("BADLINES", 0, "Number of bad lines in frame"),
+        ("EQUINOX", 2000.0, ""),
+        ("SOFTBIAS", 1000, 'software "bias" added to all DN'),
+        ("BUNIT", "nanomaggy", "1 nanomaggy = 3.631e-6 Jy"),
+        ("FILTER", band, "filter used"),
+        ("CAMCOL", int(camcol), "column in the imaging camera"),
+        ("FIELD", int(field), "field number"),
+        ("VERSION", "v5_6_3", None),
+        ("RADESYS", "ICRS", "International Celestial Ref. System"),
+    ]
+    for key, value, comment in cards:
+        hdr[key] = (value, comment) if comment is not None else value
+    hdr.update(wcs.to_header())
+    for key in ("WCSAXES", "PC1_1", "PC1_2", "PC2_1", "PC2_2", "CDELT1", "CDELT2", "MJDREF",
+                "LATPOLE", "LONPOLE", "DATEREF", "MJDREFI", "MJDREFF"):
+        hdr.remove(key, ignore_missing=True, remove_all=True)
+    cd = wcs.wcs.cd
+    hdr["CD1_1"] = (float(cd[0, 0]), "RA deg per column pixel")
+    hdr["CD1_2"] = (float(cd[0, 1]), "RA deg per row pixel")
+    hdr["CD2_1"] = (float(cd[1, 0]), "Dec deg per column pixel")
+    hdr["CD2_2"] = (float(cd[1, 1]), "Dec deg per row pixel")
+    hdr["NMGY"] = (nmgy, "Calibration factor [nMgy per count]")
+    hdr["NMGYIVAR"] = (0.15, "Calibration factor inverse variance")
+    hdr["SEEING"] = (round(float(fwhm_arcsec), 3), "PSF FWHM (arcsec) of the simulation")
+    hdr["RERUN"] = (str(RERUN), "rerun")
+    hdr["COMMENT"] = "Simulated frame from astro_metallicity.mock (not real SDSS data)"
+    primary = fits.PrimaryHDU(data=_truncate_mantissa(image), header=hdr)
+
+    calib = fits.ImageHDU(data=np.full(NCOL, nmgy, dtype=np.float32)
+                          * (1.0 + 0.002 * np.cos(np.linspace(0, np.pi, NCOL))).astype(np.float32))
+
+    allsky = np.full((1, 192, 256), sky_nmgy / nmgy, dtype=np.float32)
+    xinterp = ((np.arange(NCOL) - 3.5) / 8.0).astype(np.float32)[None, :]
+    yinterp = ((np.arange(NROW) + 4.5) / 8.0).astype(np.float32)[None, :]
+    sky = fits.BinTableHDU.from_columns([
+        fits.Column(name="ALLSKY", format="49152E", dim="(256, 192)", array=allsky),
+        fits.Column(name="XINTERP", format="2048E", array=xinterp),
+        fits.Column(name="YINTERP", format="1489E", array=yinterp),
+    ])
+
+    s = PIXEL_SCALE / 3600.0
+    ra00, dec00 = wcs.wcs_pix2world([[0.0, 0.0]], 0)[0]
+    astro = {
+        "RUN": ("J", [run]), "RERUN": ("3A", [str(RERUN)]), "CAMCOL": ("J", [camcol]),
+        "FILTER": ("A", [band]), "NODE": ("D", [95.0]), "INCL": ("D", [0.0]),
+        "NAXIS": ("2J", [[NCOL, NROW]]), "FIELD": ("J", [field]),
+        "A": ("D", [ra00 - 95.0]), "B": ("D", [s]), "C": ("D", [0.0]),
+        "D": ("D", [dec00]), "E": ("D", [0.0]), "F": ("D", [s]),
+        "DROW0": ("D", [0.0]), "DROW1": ("D", [0.0]), "DROW2": ("D", [0.0]), "DROW3": ("D", [0.0]),
+        "DCOL0": ("D", [0.0]), "DCOL1": ("D", [0.0]), "DCOL2": ("D", [0.0]), "DCOL3": ("D", [0.0]),
+        "CSROW": ("D", [0.0]), "CSCOL": ("D", [0.0]), "CCROW": ("D", [0.0]), "CCCOL": ("D", [0.0]),
+        "RICUT": ("D", [100.0]), "MJD": ("D", [mjd]), "AIRMASS": ("D", [airmass]),
+        "MUERR": ("E", [0.05]), "NUERR": ("E", [0.05]),
+    }
+    astrans = fits.BinTableHDU.from_columns(
+        [fits.Column(name=k, format=f, array=np.array(v)) for k, (f, v) in astro.items()])
+    return fits.HDUList([primary, calib, sky, astrans])
+
+
+def _band_index(band):
+    """Index of ``band`` in ``ugriz``; raises a ValueError naming valid bands."""
+    if band not in BANDS or len(band) != 1:
+        msg = f"band must be one of {list(BANDS)}, got {band!r}"
+        raise ValueError(msg)
+    return BANDS.index(band)

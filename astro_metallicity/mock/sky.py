@@ -1,0 +1,463 @@
+"""`MockSky`: simulated catalogue plus lazily rendered, cached SDSS frames and cutouts."""
+
+import bz2
+import io
+import math
+import threading
+from collections import OrderedDict
+
+import numpy as np
+from astropy import units as u
+
+from ._footprint import BANDS, NCOL, NROW, PIXEL_SCALE, RERUN, Footprint
+from .population import simulate_galaxies
+from .render import (SEEING_RATIO, SKY_MAG, _band_index, frame_hdulist, render_frame)
+
+__all__ = ["MockSky"]
+
+_STAR_COLOURS = {"u": 1.3, "g": 0.45, "r": 0.0, "i": -0.15, "z": -0.22}  # m_b - m_r at g-r=0.45
+
+
+def _unit_vectors(ra, dec):
+    ra, dec = np.deg2rad(ra), np.deg2rad(dec)
+    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+
+
+class _LRU:
+    """Thread-safe LRU cache with one lock per key so a value is computed once."""
+
+    def __init__(self, maxsize):
+        self.maxsize = maxsize
+        self._data = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks = {}
+
+    def get(self, key, compute):
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._data:
+                    self._data.move_to_end(key)
+                    return self._data[key]
+            value = compute()
+            with self._lock:
+                self._data[key] = value
+                self._data.move_to_end(key)
+                while len(self._data) > self.maxsize:
+                    self._data.popitem(last=False)
+                self._key_locks.pop(key, None)
+            return value
+
+    def __len__(self):
+        return len(self._data)
+
+
+class MockSky:
+    """A simulated SDSS sky: truth catalogue, frames and ImgCutout-style JPEGs.
+
+    Frames are rendered on first use and kept in a bounded in-memory cache,
+    so creating a sky of 10,000 galaxies takes about a second.
+
+    Parameters
+    ----------
+    n_galaxies : int, optional
+        Number of galaxies (ignored if ``catalog`` is given).
+    seed : int, optional
+        Seed for the catalogue, the stars and the noise.
+    catalog : `~astropy.table.QTable`, optional
+        A catalogue from `~astro_metallicity.mock.simulate_galaxies`.
+    stars_per_field : float, optional
+        Mean number of stars (14 < r < 21) per field.
+    max_cached_frames : int, optional
+        How many rendered single-band frames to keep in memory (12 MB each).
+    noise : bool, optional
+        Add sky, Poisson and read noise (default True).
+    **kwargs
+        Passed to `~astro_metallicity.mock.simulate_galaxies`.
+    """
+
+    def __init__(self, n_galaxies=1000, seed=0, *, catalog=None, stars_per_field=12,
+                 max_cached_frames=36, noise=True, **kwargs):
+        if catalog is None:
+            catalog = simulate_galaxies(n_galaxies, seed, **kwargs)
+        self.catalog = catalog
+        self.seed = int(catalog.meta.get("seed", seed))
+        meta = catalog.meta
+        self.footprint = Footprint(meta["n_fields"], run=meta["run"], ra0=meta["ra0"], dec0=meta["dec0"])
+        self.fwhm_r = np.asarray(meta["fwhm_r"], dtype=float)
+        self.noise = noise
+        fp = self.footprint
+        rng = np.random.default_rng([self.seed, 7])
+        nf = len(fp)
+        # per field and band: sub-pixel WCS offsets, sky brightness, MJD
+        self._offsets = rng.uniform(-0.45, 0.45, (nf, len(BANDS), 2))
+        self._offsets[:, BANDS.index("r")] = 0.0
+        self._sky_dmag = rng.normal(0.0, 0.15, (nf, len(BANDS)))
+        self._mjd = 52000.0 + rng.uniform(0, 3000) + np.arange(nf) * 0.0  # one night per run
+        # stars, uniform over the footprint
+        nstar = rng.poisson(stars_per_field * nf)
+        k = rng.integers(0, nf, nstar)
+        col = rng.uniform(0, NCOL, nstar) - 0.5
+        row = rng.uniform(0, NROW, nstar) - 0.5
+        sra, sdec = np.empty(nstar), np.empty(nstar)
+        for kk in np.unique(k):
+            sel = k == kk
+            sra[sel], sdec[sel] = fp.wcs(kk).wcs_pix2world(col[sel], row[sel], 0)
+        rmag = 21.0 - rng.exponential(1.8, nstar)
+        rmag = np.clip(rmag, 13.5, 21.0)
+        gr = rng.uniform(0.2, 1.4, nstar)
+        self.stars = {"ra": sra, "dec": sdec, "r": rmag}
+        for b in BANDS:
+            self.stars[b] = rmag + _STAR_COLOURS[b] + (gr - 0.45) * {"u": 2.0, "g": 1.0, "r": 0.0,
+                                                                       "i": -0.4, "z": -0.6}[b]
+        # galaxy arrays for fast rendering
+        c = catalog
+        self._gal = {
+            "ra": np.asarray(c["ra"].to_value(u.deg)), "dec": np.asarray(c["dec"].to_value(u.deg)),
+            "r50_disk": np.asarray(c["r50_disk"].to_value(u.arcsec)),
+            "r50_bulge": np.asarray(c["r50_bulge"].to_value(u.arcsec)),
+            "q": np.asarray(c["axis_ratio"]), "qb": np.asarray(c["bulge_axis_ratio"]),
+            "pos_angle": np.asarray(c["pos_angle"].to_value(u.deg)),
+        }
+        self._mags = {b: np.asarray(c[f"modelMag_{b}"].to_value(u.mag)) for b in BANDS}
+        self._bulge_frac = {b: np.asarray(c[f"bulge_frac_{b}"]) for b in BANDS}
+        self._frames = _LRU(max_cached_frames)
+        self._files = _LRU(max(4, max_cached_frames // 3))
+
+    # ----------------------------------------------------------------- catalogue
+    def sql_columns(self):
+        """Catalogue columns for the mock SkyServer (lower-case name -> plain array).
+
+        Returns
+        -------
+        columns : dict
+        """
+        if getattr(self, "_sql_columns", None) is None:
+            c = self.catalog
+            n = len(c)
+            cols = {}
+            for name in c.colnames:
+                value = c[name]
+                cols[name.lower()] = np.asarray(getattr(value, "value", value))
+            for b in BANDS:
+                cols[f"dered_{b}"] = cols[f"modelmag_{b}"] - cols[f"extinction_{b}"]
+            cols["_one"] = np.ones(n, dtype=np.int32)
+            cols["_zero"] = np.zeros(n, dtype=np.int32)
+            cols["_class"] = np.full(n, "GALAXY", dtype=object)
+            cols["_subclass"] = np.where(cols["bptclass"] == 1, "STARFORMING", "AGN").astype(object)
+            cols["_run2d"] = np.full(n, "26", dtype=object)
+            cols["_release"] = np.full(n, "dr8", dtype=object)
+            cols["_veldisp"] = 40.0 + 60.0 * np.clip(cols["lgm_tot_p50"] - 9.0, 0, None)
+            cols["_d4000_err"] = np.full(n, 0.03)
+            self._sql_columns = cols
+        return self._sql_columns
+
+    def match(self, ra, dec, radius_arcsec, nearest=True):
+        """Catalogue galaxies within a radius of each position.
+
+        Parameters
+        ----------
+        ra, dec : array-like
+            Positions in degrees.
+        radius_arcsec : float
+            Search radius.
+        nearest : bool, optional
+            Return only the nearest galaxy of each position.
+
+        Returns
+        -------
+        up_index, rows, distance : `~numpy.ndarray`
+            Index of the input position, catalogue row and distance (arcmin) of each match,
+            ordered by input position then distance.
+        """
+        if getattr(self, "_tree", None) is None:
+            from scipy.spatial import cKDTree
+            self._tree = cKDTree(_unit_vectors(self._gal["ra"], self._gal["dec"]))
+        ra, dec = np.atleast_1d(np.asarray(ra, dtype=float)), np.atleast_1d(np.asarray(dec, dtype=float))
+        chord = 2.0 * np.sin(np.deg2rad(radius_arcsec / 3600.0) / 2.0)
+        ups, rows, dists = [], [], []
+        for j, hits in enumerate(self._tree.query_ball_point(_unit_vectors(ra, dec), chord)):
+            if not hits:
+                continue
+            hits = np.asarray(hits)
+            v = _unit_vectors(ra[j:j + 1], dec[j:j + 1])[0]
+            d = 2.0 * np.arcsin(np.linalg.norm(self._tree.data[hits] - v, axis=1) / 2.0)
+            order = np.argsort(d)
+            if nearest:
+                order = order[:1]
+            ups.extend([j] * len(order))
+            rows.extend(hits[order].tolist())
+            dists.extend(np.rad2deg(d[order]) * 60.0)
+        return np.asarray(ups, dtype=np.intp), np.asarray(rows, dtype=np.intp), np.asarray(dists)
+
+    # ----------------------------------------------------------------- fields
+    def field_table(self):
+        """The SDSS ``Field`` table of the footprint (one row per field).
+
+        Returns
+        -------
+        table : `~astropy.table.Table`
+            run, rerun, camcol, field, fieldID, ra, dec, raMin, raMax, decMin, decMax, nObjects.
+        """
+        from astropy.table import Table
+
+        fp = self.footprint
+        counts = {}
+        for cc, ff in zip(np.asarray(self.catalog["camcol"]), np.asarray(self.catalog["field"])):
+            counts[(cc, ff)] = counts.get((cc, ff), 0) + 1
+        t = Table()
+        n = len(fp)
+        t["fieldID"] = (np.uint64(0x10) << np.uint64(59) | (np.uint64(RERUN) << np.uint64(48))
+                        | (np.uint64(fp.run) << np.uint64(32)) | (fp.camcol.astype(np.uint64) << np.uint64(29))
+                        | (fp.field.astype(np.uint64) << np.uint64(16)))
+        t["run"] = np.full(n, fp.run, dtype=np.int32)
+        t["rerun"] = np.full(n, RERUN, dtype=np.int32)
+        t["camcol"] = fp.camcol.astype(np.int32)
+        t["field"] = fp.field.astype(np.int32)
+        t["ra"] = fp.ra_center
+        t["dec"] = fp.dec_center
+        t["raMin"] = fp.ra_min
+        t["raMax"] = fp.ra_max
+        t["decMin"] = fp.dec_min
+        t["decMax"] = fp.dec_max
+        t["mjd_r"] = self._mjd
+        t["nObjects"] = np.array([counts.get((c, f), 0) for c, f in zip(fp.camcol, fp.field)])
+        t["psfWidth_r"] = self.fwhm_r
+        return t
+
+    def _field_index(self, run, camcol, field):
+        k = self.footprint.index(camcol, field) if int(run) == self.footprint.run else None
+        if k is None:
+            msg = (f"no field run={run} camcol={camcol} field={field} in this mock sky "
+                   f"(run {self.footprint.run}, camcols 1-{self.footprint.ncamcol}, "
+                   f"fields {self.footprint.field.min()}-{self.footprint.field.max()})")
+            raise KeyError(msg)
+        return k
+
+    def wcs(self, run, camcol, field, band):
+        """TAN WCS of a frame (with the sub-pixel offset of that band).
+
+        Parameters
+        ----------
+        run, camcol, field : int
+            Frame identifiers.
+        band : str
+            One of ``ugriz``.
+
+        Returns
+        -------
+        wcs : `~astropy.wcs.WCS`
+        """
+        k = self._field_index(run, camcol, field)
+        return self.footprint.wcs(k, self._offsets[k, _band_index(band)])
+
+    def fwhm(self, run, camcol, field, band):
+        """Seeing FWHM (arcsec) of a frame."""
+        k = self._field_index(run, camcol, field)
+        return float(self.fwhm_r[k] * SEEING_RATIO[band])
+
+    def sky_level(self, run, camcol, field, band):
+        """Sky level of a frame in nanomaggies per pixel."""
+        k = self._field_index(run, camcol, field)
+        mu = SKY_MAG[band] + self._sky_dmag[k, _band_index(band)]
+        return float(10 ** (-0.4 * (mu - 22.5)) * PIXEL_SCALE ** 2)
+
+    def _render(self, k, band):
+        fp = self.footprint
+        wcs = fp.wcs(k, self._offsets[k, _band_index(band)])
+        margin = 0.03
+        cosd = math.cos(math.radians(fp.dec_center[k]))
+        g = self._gal
+        sel = ((g["ra"] > fp.ra_min[k] - margin / cosd) & (g["ra"] < fp.ra_max[k] + margin / cosd)
+               & (g["dec"] > fp.dec_min[k] - margin) & (g["dec"] < fp.dec_max[k] + margin))
+        gals = {name: v[sel] for name, v in g.items()}
+        gals["mag"] = self._mags[band][sel]
+        gals["bulge_frac"] = self._bulge_frac[band][sel]
+        s = self.stars
+        ssel = ((s["ra"] > fp.ra_min[k] - 0.01) & (s["ra"] < fp.ra_max[k] + 0.01)
+                & (s["dec"] > fp.dec_min[k] - 0.01) & (s["dec"] < fp.dec_max[k] + 0.01))
+        stars = {"ra": s["ra"][ssel], "dec": s["dec"][ssel], "mag": s[band][ssel]}
+        run, camcol, field = fp.run, fp.camcol[k], fp.field[k]
+        rng = np.random.default_rng([self.seed, int(run), int(camcol), int(field), _band_index(band)])
+        return render_frame(gals, stars, band, wcs=wcs,
+                            fwhm_arcsec=self.fwhm(run, camcol, field, band),
+                            sky_nmgy=self.sky_level(run, camcol, field, band), rng=rng, noise=self.noise)
+
+    def frame(self, run, camcol, field, band):
+        """Rendered frame image (cached).
+
+        Parameters
+        ----------
+        run, camcol, field : int
+            Frame identifiers.
+        band : str
+            One of ``ugriz``.
+
+        Returns
+        -------
+        image : `~numpy.ndarray`
+            ``float32`` (1489, 2048) in nanomaggies per pixel, sky subtracted. Read only.
+        """
+        k = self._field_index(run, camcol, field)
+        _band_index(band)
+        return self._frame_k(k, band)
+
+    def _frame_k(self, k, band):
+        def compute():
+            img = self._render(k, band)
+            img.flags.writeable = False
+            return img
+        return self._frames.get((int(k), band), compute)
+
+    def frame_hdulist(self, run, camcol, field, band):
+        """The frame as an SDSS corrected-frame `~astropy.io.fits.HDUList` (four HDUs).
+
+        Parameters
+        ----------
+        run, camcol, field : int
+            Frame identifiers.
+        band : str
+            One of ``ugriz``.
+
+        Returns
+        -------
+        hdul : `~astropy.io.fits.HDUList`
+        """
+        k = self._field_index(run, camcol, field)
+        image = self.frame(run, camcol, field, band)
+        return frame_hdulist(image, band, wcs=self.wcs(run, camcol, field, band), run=run,
+                             camcol=camcol, field=field, sky_nmgy=self.sky_level(run, camcol, field, band),
+                             mjd=float(self._mjd[k]), fwhm_arcsec=self.fwhm(run, camcol, field, band))
+
+    def frame_file(self, run, camcol, field, band):
+        """Bytes of ``frame-{band}-{run:06d}-{camcol}-{field:04d}.fits.bz2`` (cached).
+
+        Parameters
+        ----------
+        run, camcol, field : int
+            Frame identifiers.
+        band : str
+            One of ``ugriz``.
+
+        Returns
+        -------
+        data : bytes
+            bzip2-compressed FITS file.
+        """
+        k = self._field_index(run, camcol, field)
+        _band_index(band)
+
+        def compute():
+            buf = io.BytesIO()
+            self.frame_hdulist(run, camcol, field, band).writeto(buf)
+            return bz2.compress(buf.getvalue(), compresslevel=1)
+        return self._files.get((int(k), band), compute)
+
+    # ----------------------------------------------------------------- cutouts
+    def cutout(self, ra, dec, scale, width, height, bands="gri"):
+        """Resample the frames onto a north-up, east-left TAN grid.
+
+        Parameters
+        ----------
+        ra, dec : float
+            Centre in degrees.
+        scale : float
+            Pixel scale in arcsec per pixel.
+        width, height : int
+            Size in pixels.
+        bands : str, optional
+            Bands to return.
+
+        Returns
+        -------
+        images : list of `~numpy.ndarray`
+            One ``float32`` (height, width) image per band in nanomaggies per
+            0.396" pixel (surface brightness is preserved); zero outside the survey.
+        """
+        from scipy.ndimage import map_coordinates
+
+        ra, dec, scale = float(ra), float(dec), float(scale)
+        width, height = int(width), int(height)
+        if not (scale > 0 and math.isfinite(scale)):
+            msg = f"scale must be a positive number of arcsec per pixel, got {scale!r}"
+            raise ValueError(msg)
+        if not (0 < width <= 2048 and 0 < height <= 2048):
+            msg = f"width and height must be between 1 and 2048 pixels, got {width} x {height}"
+            raise ValueError(msg)
+        if not (-90 <= dec <= 90):
+            msg = f"dec must be within [-90, 90] degrees, got {dec!r}"
+            raise ValueError(msg)
+        # average f x f sub-samples per output pixel when the output is coarser than the frames
+        f = max(1, int(math.ceil(scale / PIXEL_SCALE - 0.25)))
+        sub = (np.arange(f) + 0.5) / f - 0.5
+        px = (np.arange(width)[:, None] + sub[None, :]).ravel() - (width - 1) / 2.0
+        py = (np.arange(height)[:, None] + sub[None, :]).ravel() - (height - 1) / 2.0
+        # gnomonic projection about (ra, dec); x to the east is to the left
+        xi = np.deg2rad(-px * scale / 3600.0)[None, :]
+        eta = np.deg2rad(py * scale / 3600.0)[:, None]
+        a0, d0 = math.radians(ra), math.radians(dec)
+        denom = math.cos(d0) - eta * math.sin(d0)
+        ra_g = a0 + np.arctan2(xi, denom)
+        dec_g = np.arctan2(math.sin(d0) + eta * math.cos(d0), np.sqrt(xi ** 2 + denom ** 2))
+        ra_g = np.rad2deg(ra_g) % 360.0
+        dec_g = np.rad2deg(dec_g)
+        shape = dec_g.shape
+        ra_flat, dec_flat = ra_g.ravel(), np.broadcast_to(dec_g, shape).ravel()
+        radius = math.hypot(width, height) * f * scale / 3600.0 / 2.0 / f
+        fields = self.footprint.fields_near(ra, dec, radius)
+        out = []
+        for band in bands:
+            bi = _band_index(band)
+            acc = np.zeros(ra_flat.shape, dtype=np.float32)
+            filled = np.zeros(ra_flat.shape, dtype=bool)
+            for k in fields:
+                wcs = self.footprint.wcs(k, self._offsets[k, bi])
+                todo = np.flatnonzero(~filled)
+                if len(todo) == 0:
+                    break
+                x, y = wcs.wcs_world2pix(ra_flat[todo], dec_flat[todo], 0)
+                inside = (x > -0.5) & (x < NCOL - 0.5) & (y > -0.5) & (y < NROW - 0.5)
+                if not inside.any():
+                    continue
+                img = self._frame_k(k, band)
+                idx = todo[inside]
+                acc[idx] = map_coordinates(img, [y[inside], x[inside]], order=1, mode="nearest")
+                filled[idx] = True
+            img = acc.reshape(height, f, width, f).mean(axis=(1, 3)) if f > 1 else acc.reshape(height, width)
+            out.append(img)
+        return out
+
+    def cutout_jpeg(self, ra, dec, scale=0.396, width=128, height=128, *, quality=75):
+        """An ImgCutout-style *gri* JPEG, rendered from the (cached) frames.
+
+        Parameters
+        ----------
+        ra, dec : float
+            Centre in degrees.
+        scale : float, optional
+            Arcsec per pixel.
+        width, height : int, optional
+            Size in pixels.
+        quality : int, optional
+            JPEG quality (SDSS uses about 75).
+
+        Returns
+        -------
+        data : bytes
+            JPEG file contents.
+        """
+        from PIL import Image
+
+        from ..preprocess import gri_composite
+
+        g, r, i = self.cutout(ra, dec, scale, width, height, bands="gri")
+        # make_lupton_rgb divides by the intensity everywhere, also where it is 0 (off the survey)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rgb = gri_composite(g, r, i)
+        buf = io.BytesIO()
+        Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=quality)
+        return buf.getvalue()
