@@ -314,6 +314,8 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     t["h_alpha_flux_err"] = line_err
     t["h_beta_flux"] = hb
     t["h_beta_flux_err"] = line_err
+    t["h_delta_flux"] = 0.26 * hb
+    t["h_delta_flux_err"] = line_err
     t["oiii_5007_flux"] = oiii
     t["oiii_5007_flux_err"] = line_err
     t["nii_6584_flux"] = nii

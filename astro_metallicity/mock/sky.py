@@ -152,6 +152,7 @@ class MockSky:
             cols["_run2d"] = np.full(n, "26", dtype=object)
             cols["_release"] = np.full(n, "dr8", dtype=object)
             cols["_veldisp"] = 40.0 + 60.0 * np.clip(cols["lgm_tot_p50"] - 9.0, 0, None)
+            cols["_veldisperr"] = 0.1 * cols["_veldisp"] + 5.0
             cols["_d4000_err"] = np.full(n, 0.03)
             self._sql_columns = cols
         return self._sql_columns

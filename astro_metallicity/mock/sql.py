@@ -51,9 +51,9 @@ def _photo_columns():
 _SPEC = {"specobjid": "specobjid", "bestobjid": "objid", "ra": "ra", "dec": "dec", "z": "z",
          "zerr": "zerr", "zwarning": "_zero", "class": "_class", "subclass": "_subclass",
          "plate": "plate", "mjd": "mjd", "fiberid": "fiberid", "run2d": "_run2d", "rchi2": "rchi2",
-         "scienceprimary": "_one", "veldisp": "_veldisp"}
+         "scienceprimary": "_one", "veldisp": "_veldisp", "veldisperr": "_veldisperr"}
 _GSLINE = {"specobjid": "specobjid"}
-for _line in ("h_alpha", "h_beta", "oiii_5007", "nii_6584", "oii_3726", "oii_3729"):
+for _line in ("h_alpha", "h_beta", "h_delta", "oiii_5007", "nii_6584", "oii_3726", "oii_3729"):
     _GSLINE[f"{_line}_flux"] = f"{_line}_flux"
     _GSLINE[f"{_line}_flux_err"] = f"{_line}_flux_err"
 _GSINFO = {"specobjid": "specobjid", "plateid": "plate", "mjd": "mjd", "fiberid": "fiberid",
@@ -473,7 +473,8 @@ def doc_columns(table_name):
 # Case as in the SDSS schema, for fDocColumns output.
 _DISPLAY_NAMES = {"objid": "objID", "specobjid": "specObjID", "bestobjid": "bestObjID", "zerr": "zErr",
                   "zwarning": "zWarning", "fiberid": "fiberID", "rchi2": "rChi2", "subclass": "subClass",
-                  "scienceprimary": "sciencePrimary", "veldisp": "velDisp"}
+                  "scienceprimary": "sciencePrimary", "veldisp": "velDisp",
+                  "veldisperr": "velDispErr"}
 for _b in _PHOTO_BANDS:
     for _stem, _disp in (("modelmag", "modelMag"), ("modelmagerr", "modelMagErr"), ("petromag", "petroMag"),
                          ("petromagerr", "petroMagErr"), ("psfmag", "psfMag"), ("psfmagerr", "psfMagErr"),
