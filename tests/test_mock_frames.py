@@ -1,0 +1,189 @@
+"""Simulated SDSS frames: PSF, flux, noise, WCS and file layout (astro_metallicity.mock)."""
+
+import math
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from astro_metallicity.mock import MockSky
+from astro_metallicity.mock.render import NMGY_PER_COUNT, moffat_kernel
+
+
+@pytest.fixture(scope="module")
+def sky():
+    # One field, no stars, so that galaxies are easy to isolate.
+    return MockSky(40, seed=21, stars_per_field=0)
+
+
+@pytest.fixture(scope="module")
+def star_sky():
+    return MockSky(5, seed=22, stars_per_field=40, noise=False)
+
+
+def _half_max_diameter(image, x0, y0):
+    """FWHM from the radius where the azimuthally averaged profile falls to half its peak."""
+    yy, xx = np.indices(image.shape)
+    r = np.hypot(xx - x0, yy - y0).ravel()
+    v = image.ravel()
+    bins = np.arange(0, 15, 0.25)
+    idx = np.digitize(r, bins)
+    prof = np.array([v[idx == k].mean() if np.any(idx == k) else np.nan for k in range(1, len(bins))])
+    centres = 0.5 * (bins[1:] + bins[:-1])
+    ok = np.isfinite(prof)
+    prof, centres = prof[ok], centres[ok]
+    peak = image[int(round(y0)), int(round(x0))]
+    below = np.flatnonzero(prof < peak / 2)[0]
+    # linear interpolation between the last point above and the first below half max
+    r1, r2, p1, p2 = centres[below - 1], centres[below], prof[below - 1], prof[below]
+    return 2 * (r1 + (p1 - peak / 2) / (p1 - p2) * (r2 - r1))
+
+
+@pytest.mark.parametrize("fwhm", [2.5, 3.5, 5.0])
+def test_psf_kernel_fwhm(fwhm):
+    k = moffat_kernel(fwhm, size=61, oversample=9)
+    assert k.sum() == pytest.approx(1.0)
+    # the peak pixel average lowers the apparent maximum a little; use a finely sampled kernel
+    fine = moffat_kernel(fwhm * 5, size=301, oversample=1)
+    assert _half_max_diameter(fine, 150, 150) / 5 == pytest.approx(fwhm, rel=0.03)
+
+
+def test_star_fwhm_in_frame(star_sky):
+    """Stars in a rendered (noise-free) frame have the configured seeing."""
+    s = star_sky
+    fp = s.footprint
+    run, camcol, field = fp.run, fp.camcol[0], fp.field[0]
+    img = s.frame(run, camcol, field, "r")
+    wcs = s.wcs(run, camcol, field, "r")
+    x, y = wcs.wcs_world2pix(s.stars["ra"], s.stars["dec"], 0)
+    expected = s.fwhm(run, camcol, field, "r") / 0.396
+    measured = []
+    for j in np.argsort(s.stars["r"]):
+        if not (30 < x[j] < 2018 and 30 < y[j] < 1459) or s.stars["r"][j] > 19:
+            continue
+        others = np.hypot(x - x[j], y - y[j])
+        if np.sort(others)[1] < 40:
+            continue
+        ix, iy = int(round(x[j])), int(round(y[j]))
+        stamp = np.asarray(img[iy - 20:iy + 21, ix - 20:ix + 21], dtype=float)
+        # broadening of the half-max by pixel sampling is < 3 per cent for FWHM > 2.5 px
+        measured.append(_half_max_diameter(stamp, 20 + x[j] - ix, 20 + y[j] - iy))
+        if len(measured) == 5:
+            break
+    assert len(measured) >= 3
+    assert np.median(measured) == pytest.approx(expected, rel=0.08)
+
+
+def test_galaxy_flux_matches_catalog(sky):
+    """Total flux around isolated galaxies equals the catalogue flux within the noise."""
+    c = sky.catalog
+    fp = sky.footprint
+    run, camcol, field = fp.run, fp.camcol[0], fp.field[0]
+    for band in "gri":
+        img = np.asarray(sky.frame(run, camcol, field, band), dtype=float)
+        wcs = sky.wcs(run, camcol, field, band)
+        x, y = wcs.wcs_world2pix(c["ra"].value, c["dec"].value, 0)
+        sigma_pix = np.std(img[:200, :200][np.abs(img[:200, :200]) < 5 * np.std(img[:200, :200])])
+        checked = 0
+        for j in range(len(c)):
+            radius = 6 * c["r50_disk"][j].to_value(u.arcsec) / 0.396 + 4 * sky.fwhm(run, camcol, field, band) / 0.396 + 3
+            d = np.hypot(x - x[j], y - y[j])
+            if np.sort(d)[1] < 2.5 * radius or not (radius < x[j] < 2047 - radius and radius < y[j] < 1488 - radius):
+                continue
+            ix, iy, h = int(x[j]), int(y[j]), int(radius) + 2
+            yy, xx = np.mgrid[iy - h:iy + h + 1, ix - h:ix + h + 1]
+            ap = np.hypot(xx - x[j], yy - y[j]) < radius
+            total = img[iy - h:iy + h + 1, ix - h:ix + h + 1][ap].sum()
+            expected = 10 ** (-0.4 * (c[f"modelMag_{band}"][j].value - 22.5))
+            # sky noise + Poisson noise of the galaxy itself
+            err = math.sqrt(ap.sum() * sigma_pix ** 2 + expected * NMGY_PER_COUNT[band] / 4.0)
+            assert abs(total - expected) < 5 * err, (band, j, total, expected, err)
+            checked += 1
+        assert checked >= 5
+
+
+def test_sky_noise_level(sky):
+    """Background noise equals the Poisson + read noise of the sky of a 53.9 s exposure."""
+    fp = sky.footprint
+    run, camcol, field = fp.run, fp.camcol[0], fp.field[0]
+    for band in "gri":
+        img = np.asarray(sky.frame(run, camcol, field, band), dtype=float)
+        corner = img[:300, :300]
+        clipped = corner[np.abs(corner - np.median(corner)) < 4 * corner.std()]
+        counts = sky.sky_level(run, camcol, field, band) / NMGY_PER_COUNT[band]
+        from astro_metallicity.mock.render import GAIN, READ_NOISE
+
+        expected = math.sqrt(counts / GAIN[band] + READ_NOISE[band] ** 2) * NMGY_PER_COUNT[band]
+        assert np.median(clipped) == pytest.approx(0.0, abs=0.2 * expected)
+        assert clipped.std() == pytest.approx(expected, rel=0.1)
+
+
+def test_band_offsets_and_centroids():
+    """g, r, i WCS differ by sub-pixel offsets, and each band's WCS puts galaxies at their light."""
+    sky = MockSky(40, seed=21, stars_per_field=0, noise=False)
+    c = sky.catalog
+    fp = sky.footprint
+    run, camcol, field = fp.run, fp.camcol[0], fp.field[0]
+    pos = {}
+    for band in "gri":
+        wcs = sky.wcs(run, camcol, field, band)
+        pos[band] = np.array(wcs.wcs_world2pix(c["ra"].value, c["dec"].value, 0))
+    shift = max(np.abs(pos["g"] - pos["r"]).max(), np.abs(pos["i"] - pos["r"]).max())
+    assert 0.05 < shift < 1.0
+    checked = 0
+    for band in "gri":
+        img = np.asarray(sky.frame(run, camcol, field, band), dtype=float)
+        for j in np.argsort(c["r50_disk"].value)[:10]:
+            x, y = pos[band][:, j]
+            d = np.hypot(*(pos[band] - pos[band][:, j:j + 1]))
+            if np.sort(d)[1] < 80 or not (40 < x < 2008 and 40 < y < 1449):
+                continue
+            ix, iy = int(round(x)), int(round(y))
+            st = img[iy - 30:iy + 31, ix - 30:ix + 31]
+            yy, xx = np.mgrid[-30:31, -30:31]
+            cx, cy = (st * xx).sum() / st.sum() + ix, (st * yy).sum() / st.sum() + iy
+            assert abs(cx - x) < 0.05 and abs(cy - y) < 0.05
+            checked += 1
+    assert checked >= 3
+
+
+def test_frame_hdulist_layout(sky):
+    fp = sky.footprint
+    run, camcol, field = fp.run, fp.camcol[0], fp.field[0]
+    hdul = fits.HDUList.fromstring(__import__("bz2").decompress(sky.frame_file(run, camcol, field, "i")))
+    assert len(hdul) == 4
+    h = hdul[0].header
+    assert hdul[0].data.shape == (1489, 2048) and hdul[0].data.dtype.kind == "f"
+    assert h["FILTER"].strip() == "i" and h["RUN"] == run and h["CAMCOL"] == camcol and h["FIELD"] == field
+    assert h["BUNIT"] == "nanomaggy" and h["NMGY"] > 0
+    assert h["CTYPE1"] == "RA---TAN" and h["CTYPE2"] == "DEC--TAN"
+    assert WCS(h).pixel_scale_matrix.std() > 0
+    scale = np.sqrt(abs(np.linalg.det(WCS(h).pixel_scale_matrix))) * 3600
+    assert scale == pytest.approx(0.396, rel=1e-6)
+    assert hdul[1].data.shape == (2048,)
+    assert hdul[2].columns.names == ["ALLSKY", "XINTERP", "YINTERP"]
+    assert hdul[2].data["ALLSKY"].shape == (1, 192, 256)
+    assert len(hdul[3].columns.names) == 31 and hdul[3].data["FIELD"][0] == field
+
+
+def test_frame_layout_matches_real_sdss(sky, shared_data):
+    """Structure of a simulated frame equals that of the real DR17 frame in ../shared."""
+    real = fits.open(shared_data / "sdss-frames" / "frame-r-003918-3-0213.fits.bz2")
+    fp = sky.footprint
+    mock = sky.frame_hdulist(fp.run, fp.camcol[0], fp.field[0], "r")
+    assert len(mock) == len(real)
+    assert mock[0].data.shape == real[0].data.shape and mock[0].data.dtype == np.float32
+    assert mock[1].data.shape == real[1].data.shape
+    for k in (2, 3):
+        assert mock[k].columns.names == real[k].columns.names
+        assert [c.format for c in mock[k].columns] == [c.format for c in real[k].columns]
+    for key in ("FILTER", "RUN", "CAMCOL", "NMGY", "BUNIT", "EXPTIME", "CTYPE1", "CD1_2", "RERUN"):
+        assert key in mock[0].header and key in real[0].header
+    # noise of the real frame and of the simulated one agree within 30 per cent
+    sig = []
+    for d in (real[0].data, mock[0].data):
+        corner = np.asarray(d[:400, :400], dtype=float)
+        sig.append(np.std(corner[np.abs(corner) < 4 * np.std(corner)]))
+    assert sig[1] == pytest.approx(sig[0], rel=0.3)
