@@ -19,11 +19,15 @@ def _docs_scratch(tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("agg")
-    from astro_metallicity import conf
+    from astro_metallicity import conf, log
 
     monkeypatch.chdir(tmp_path)
-    with conf.set_temp("cache_dir", str(tmp_path / "cache")):
-        yield
+    level = log.level
+    try:
+        with conf.set_temp("cache_dir", str(tmp_path / "cache")):
+            yield
+    finally:
+        log.setLevel(level)  # a page may quieten the logger
     import matplotlib.pyplot as plt
 
     plt.close("all")
