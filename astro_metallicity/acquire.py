@@ -57,6 +57,7 @@ __all__ = [
     "FetchError",
     "FIELD_SQL",
     "cache_dir",
+    "clear_memory_cache",
     "frame_url",
     "query_fields",
     "fetch_frame",
@@ -114,9 +115,15 @@ def cache_dir():
 
 
 def _server_key(url):
+    """Cache folder name of a server: host, port and path prefix (e.g. a mock sky's token)."""
     parts = urlsplit(url)
-    host = (parts.hostname or "local").replace(":", "_")
-    return f"{host}_{parts.port}" if parts.port else host
+    key = (parts.hostname or "local").replace(":", "_")
+    if parts.port:
+        key += f"_{parts.port}"
+    path = parts.path.strip("/")
+    if path:
+        key += "_" + "".join(c if c.isalnum() or c in "-." else "_" for c in path)
+    return key
 
 
 _thread_local = threading.local()
@@ -358,6 +365,11 @@ class _FrameMemo:
 
 
 _memo = _FrameMemo()
+
+
+def clear_memory_cache():
+    """Forget the decompressed frames kept in memory (the disk cache stays)."""
+    _memo.clear()
 
 
 def load_frame(run, camcol, field, band, *, rerun=301, data_release=None):

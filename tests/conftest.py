@@ -38,3 +38,16 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data (real SDSS sample) is not available")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pipeline_model(tmp_path_factory):
+    """Path of a tiny untrained checkpoint (64 px cutouts, adaptive scale) for pipeline tests.
+
+    Written with the package's own `save_model` (via `save_untrained_model`) and
+    loaded by the same `load_model` users get.
+    """
+    from astro_metallicity.model import save_untrained_model
+
+    path = tmp_path_factory.mktemp("pipeline_model") / "tiny"
+    return save_untrained_model(path, arch="tiny", input_size=32, cutout_size=64, seed=0)

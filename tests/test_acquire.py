@@ -1,0 +1,225 @@
+"""Tests of astro_metallicity.acquire (and make_cutouts) against the local mock SDSS."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+
+from astro_metallicity import acquire, conf
+from astro_metallicity.mock import MockSDSS
+from astro_metallicity.preprocess import make_cutout, make_cutouts
+
+SCALE = 0.5 * u.arcsec / u.pix
+
+
+@pytest.fixture(scope="module")
+def sdss():
+    """A small sky: 3 overlapping fields (3 camcols), 60 galaxies."""
+    with MockSDSS(n_galaxies=60, seed=11, galaxies_per_field=20) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries():
+    with conf.set_temp("retry_backoff", 0.01), conf.set_temp("max_retries", 4), \
+            conf.set_temp("timeout", 10.0), conf.set_temp("max_workers", 2):
+        acquire.clear_memory_cache()
+        yield
+        acquire.clear_memory_cache()
+
+
+def _frame_downloads(requests):
+    return Counter(path for method, path in requests if "/photoObj/frames/" in path)
+
+
+def _galaxies(sdss, n, camcol=None):
+    cat = sdss.catalog
+    sel = np.ones(len(cat), bool) if camcol is None else np.asarray(cat["camcol"]) == camcol
+    idx = np.flatnonzero(sel)[:n]
+    return SkyCoord(cat["ra"][idx], cat["dec"][idx]), idx
+
+
+def _edge_galaxy(sdss, size):
+    """The galaxy nearest the boundary of camcols 1 and 2, and a pixel scale at which its
+    cutout crosses both frame edges of their 64-column overlap (so it needs both frames)."""
+    fp = sdss.sky.footprint
+    k = fp.index(1, int(fp.field[0]))
+    cat = sdss.catalog
+    col, row = fp.wcs(k).world_to_pixel(SkyCoord(cat["ra"], cat["dec"]))
+    inside = (row > 100) & (row < 1389)
+    middle = 2015.5  # middle of the overlap, in camcol 1 columns
+    i = np.flatnonzero(inside)[np.argmin(np.abs(col[inside] - middle))]
+    half = abs(col[i] - middle) + 60.0  # native pixels
+    scale = half * 0.396 / (size / 2)
+    return SkyCoord(cat["ra"][i], cat["dec"][i]), scale
+
+
+def test_frame_url_uses_astroquery_template_and_conf(sdss):
+    url = acquire.frame_url(4294, 3, 11, "r")
+    assert url == (f"{sdss.url}/sas/dr17/eboss/photoObj/frames/301/4294/3/"
+                   "frame-r-004294-3-0011.fits.bz2")
+    with conf.set_temp("data_release", 12):
+        assert "/dr12/boss/photoObj/" in acquire.frame_url(4294, 3, 11, "g")
+
+
+def test_query_fields_finds_the_field_of_each_galaxy(sdss):
+    coords, idx = _galaxies(sdss, 5)
+    for c, i in zip(coords, idx):
+        fields = acquire.query_fields(c.ra.deg - 0.001, c.ra.deg + 0.001,
+                                      c.dec.deg - 0.001, c.dec.deg + 0.001)
+        pairs = {(int(r["camcol"]), int(r["field"])) for r in fields}
+        assert (int(sdss.catalog["camcol"][i]), int(sdss.catalog["field"][i])) in pairs
+    empty = acquire.query_fields(10.0, 10.01, 50.0, 50.01)
+    assert len(empty) == 0
+
+
+def test_frames_cache_fetch_once_rerun_and_corruption(sdss):
+    coords, _ = _galaxies(sdss, 4, camcol=2)
+    # An interrupted run: it got through the first two targets, and the process
+    # was killed in the middle of a download, leaving a temporary file behind.
+    before = len(sdss.requests)
+    make_cutouts(coords[:2], source="frames", scale=SCALE, size=48)
+    first = _frame_downloads(sdss.requests[before:])
+    assert set(first.values()) == {1}  # every frame once, shared by the targets
+    assert {p.split("/frame-")[1][0] for p in first} == set("gri")
+    cached = sorted(acquire.cache_dir().rglob("frame-*.fits.bz2"))
+    assert len(cached) == len(first)
+    leftover = cached[0].parent / (cached[0].name + ".x1y2z3.part")
+    leftover.write_bytes(cached[0].read_bytes()[:1000])
+    # The rerun (a new process: nothing in memory) downloads none of those frames again.
+    acquire.clear_memory_cache()
+    before = len(sdss.requests)
+    second = make_cutouts(coords, source="frames", scale=SCALE, size=48)
+    assert list(second.flags) == [""] * 4
+    assert not set(_frame_downloads(sdss.requests[before:])) & set(first)
+    # and a third run downloads nothing at all
+    acquire.clear_memory_cache()
+    before = len(sdss.requests)
+    third = make_cutouts(coords, source="frames", scale=SCALE, size=48)
+    assert _frame_downloads(sdss.requests[before:]) == Counter()
+    np.testing.assert_array_equal(second.images, third.images)
+    # only complete, valid files carry final names
+    for path in acquire.cache_dir().rglob("frame-*.fits.bz2"):
+        acquire._parse_frame(path.read_bytes())
+    # A cache file corrupted on disk is detected, deleted and fetched again (only it).
+    target = sorted(acquire.cache_dir().rglob("frame-r-*.fits.bz2"))[0]
+    content = target.read_bytes()
+    target.write_bytes(content[: len(content) // 3])
+    acquire.clear_memory_cache()
+    before = len(sdss.requests)
+    fourth = make_cutouts(coords, source="frames", scale=SCALE, size=48)
+    downloads = _frame_downloads(sdss.requests[before:])
+    assert len(downloads) == 1 and target.name in next(iter(downloads))
+    assert target.read_bytes() == content
+    np.testing.assert_array_equal(fourth.images, third.images)
+    # The ImgCutout JPEGs of the same galaxies look the same (one input domain).
+    jpeg = make_cutouts(coords, source="jpeg", scale=SCALE, size=48)
+    assert list(jpeg.flags) == [""] * 4
+    diff = np.abs(jpeg.images.astype(float) - third.images.astype(float)).mean(axis=(1, 2, 3))
+    assert np.all(diff < 8.0), diff
+
+
+def test_galaxy_near_frame_edge_gets_complete_cutout(sdss):
+    size = 64
+    position, scale = _edge_galaxy(sdss, size)
+    half = acquire._half_width_deg(np.array([scale]), size)[0]
+    fields = acquire.query_fields(position.ra.deg - half, position.ra.deg + half,
+                                  position.dec.deg - half, position.dec.deg + half)
+    frames, complete = acquire.frames_for_target(position, scale, size, fields)
+    assert complete
+    assert len(frames["r"]) >= 2  # a mosaic of the two camcols
+    rgb, bands, coverage = make_cutout(frames, position, size=size,
+                                       scale=scale * u.arcsec / u.pix, return_bands=True)
+    assert coverage.min() == 1.0
+    # compare with the mock's own resampling of the same frames (the truth)
+    truth = sdss.sky.cutout(position.ra.deg, position.dec.deg, scale, size, size, bands="r")[0]
+    assert np.corrcoef(bands["r"].ravel(), truth.ravel())[0, 1] > 0.9
+    bright = truth > np.percentile(truth, 95)
+    assert bands["r"][bright].sum() == pytest.approx(truth[bright].sum(), rel=0.05)
+    # through the public path: flagged OK, and the same picture as the ImgCutout JPEG
+    coords = SkyCoord([position.ra], [position.dec])
+    via_frames = make_cutouts(coords, source="frames", scale=scale * u.arcsec / u.pix, size=size)
+    via_jpeg = make_cutouts(coords, source="jpeg", scale=scale * u.arcsec / u.pix, size=size)
+    assert list(via_frames.flags) == [""]
+    diff = np.abs(via_frames.images.astype(float) - via_jpeg.images.astype(float))
+    assert diff.mean() < 6.0
+    for half_image in (via_frames.images[0, :, : size // 2], via_frames.images[0, :, size // 2:]):
+        assert half_image.mean() > 0.5 * via_jpeg.images[0].mean()
+
+
+def test_single_frame_edge_without_neighbour_is_flagged_partial(sdss):
+    fp = sdss.sky.footprint
+    k = fp.index(1, int(fp.field[0]))
+    outer_edge = fp.wcs(k).pixel_to_world(5.0, 744.0)  # the survey's outer boundary
+    result = make_cutouts(SkyCoord([outer_edge.ra], [outer_edge.dec]), source="frames",
+                          scale=SCALE, size=48)
+    assert list(result.flags) == ["partial_coverage"]
+    assert not result.images.any()
+
+
+def test_outside_footprint_and_bad_rows_are_flags(sdss):
+    coords, _ = _galaxies(sdss, 1)
+    targets = SkyCoord([coords[0].ra.deg, 40.0, np.nan], [coords[0].dec.deg, 40.0, 0.0], unit="deg")
+    for source in ("frames", "jpeg"):
+        result = make_cutouts(targets, source=source, scale=SCALE, size=32)
+        assert result.flags[0] == ""
+        assert result.flags[1] == "outside_footprint"
+        assert result.flags[2].startswith("bad_coordinates")
+        assert result.images[0].any() and not result.images[1:].any()
+
+
+def test_jpeg_route_adaptive_scale_uses_petrosian_radius(sdss):
+    coords, idx = _galaxies(sdss, 5)
+    empty = SkyCoord(coords[0].ra + 30 * u.arcsec, coords[0].dec)  # no galaxy within 5"
+    r90, flags = acquire.lookup_petro_r90(SkyCoord([*coords, empty]))
+    expected = sdss.catalog["petroR90_r"][idx].to_value(u.arcsec)
+    np.testing.assert_allclose(r90[:5].to_value(u.arcsec), expected, rtol=1e-4)
+    assert list(flags) == [""] * 5 + ["no_petrosian_radius"]
+    result = make_cutouts(coords, source="jpeg", size=64)
+    np.testing.assert_allclose(result.scales.value, 2 * expected / (0.396 * 64), rtol=1e-4)
+    assert result.images.shape == (5, 64, 64, 3) and result.images.dtype == np.uint8
+    jpeg_paths = sorted(acquire.cache_dir().rglob("*.jpg"))
+    assert len(jpeg_paths) == 5
+
+
+def test_injected_errors_drops_and_truncations_are_survived():
+    faults = {"error_rate": 0.25, "drop_rate": 0.1, "truncate_rate": 0.15, "seed": 3}
+    with MockSDSS(n_galaxies=20, seed=11, galaxies_per_field=20, faults=faults) as sdss, \
+            conf.set_temp("max_retries", 8):
+        coords, _ = _galaxies(sdss, 4)
+        jpeg = make_cutouts(coords, source="jpeg", size=32)
+        frames = make_cutouts(coords, source="frames", scale=SCALE, size=32)
+        requests = list(sdss.requests)
+    assert list(jpeg.flags) == [""] * 4
+    assert list(frames.flags) == [""] * 4
+    # every fault kind was met and retried: more requests than distinct URLs
+    assert len(requests) > len(set(requests))
+    decisions = {sdss.faults.decide(path, 0) for _, path in requests}
+    assert {"truncate", "drop"} <= decisions
+    assert decisions & {"error500", "error503"}
+
+
+def test_fail_first_503_is_retried_with_backoff():
+    with MockSDSS(n_galaxies=20, seed=11, galaxies_per_field=20,
+                  faults={"fail_first": 2, "match": "getjpeg"}) as sdss:
+        coords, _ = _galaxies(sdss, 2)
+        result = make_cutouts(coords, source="jpeg", scale=SCALE, size=32)
+        jpeg_requests = [p for _, p in sdss.requests if "getjpeg" in p]
+    assert list(result.flags) == ["", ""]
+    assert len(jpeg_requests) == 6  # two 503s then success, per target
+
+
+def test_timeouts_and_dead_servers_become_flags():
+    with MockSDSS(n_galaxies=20, seed=11, galaxies_per_field=20,
+                  faults={"latency": 1.0, "match": "getjpeg"}) as sdss, \
+            conf.set_temp("timeout", 0.2), conf.set_temp("max_retries", 1):
+        coords, _ = _galaxies(sdss, 2)
+        result = make_cutouts(coords, source="jpeg", scale=SCALE, size=32)
+    assert all(f.startswith("fetch_failed: timeout") for f in result.flags), result.flags
+    with conf.set_temp("skyserver_baseurl", "http://127.0.0.1:9"), \
+            conf.set_temp("max_retries", 1):
+        result = make_cutouts(coords, source="jpeg", scale=SCALE, size=32)
+    assert all(f.startswith("fetch_failed: connection error") for f in result.flags)
+    assert not result.images.any()
