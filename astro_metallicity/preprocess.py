@@ -33,7 +33,7 @@ __all__ = [
 #: softening and linear-range parameters of `~astropy.visualization.make_lupton_rgb`.
 #: A trained model stores the values it was trained with in its metadata and
 #: prediction reads them from there.
-SDSS_JPEG_STRETCH = {"band_scales": [6.0, 3.4, 2.2], "q": 8.0, "stretch": 7.0}
+SDSS_JPEG_STRETCH = {"band_scales": [5.8, 4.2, 3.4], "q": 8.8, "stretch": 3.2}
 
 
 def gri_composite(g, r, i, *, band_scales=None, q=None, stretch=None):
@@ -462,6 +462,14 @@ def make_cutouts(coords, *, source=None, scale="adaptive", size=128, stretch=Non
         idx = np.flatnonzero(good)
         scales[idx] = adaptive_scale(r90, size=size).value
         flags[idx] = np.where(r90_flags == "", flags[idx], r90_flags)
+        # no galaxy found: say 'outside_footprint' where no field covers the position
+        lost = np.flatnonzero(flags == "no_petrosian_radius")
+        if lost.size:
+            try:
+                inside = acquire.in_footprint(resolved.coords[lost])
+            except acquire.FetchError:
+                inside = np.ones(lost.size, dtype=bool)
+            flags[lost[~inside]] = "outside_footprint"
     else:
         values = np.broadcast_to(np.atleast_1d(_scale_arcsec(scale)), (n,)) if np.ndim(
             _scale_arcsec(scale)) == 0 else np.asarray(_scale_arcsec(scale), dtype=float)

@@ -43,7 +43,7 @@ _MSUN_I = 4.58  # AB absolute magnitude of the Sun in i (Taylor et al. 2011)
 # Rough K-corrections of blue galaxies, K_b ~ k_b z (mag).
 _KCORR = {"u": 2.5, "g": 2.0, "r": 1.0, "i": 0.5, "z": 0.4}
 # Relative bulge-to-disk flux weight per band (bulges are redder than disks).
-_BULGE_WEIGHT = {"u": 0.55, "g": 0.8, "r": 1.0, "i": 1.15, "z": 1.25}
+_BULGE_WEIGHT = {"u": 0.4, "g": 0.65, "r": 1.0, "i": 1.25, "z": 1.4}
 # Galactic extinction coefficients A_b / E(B-V) (Schlafly & Finkbeiner 2011).
 _EXT = {"u": 4.239, "g": 3.303, "r": 2.285, "i": 1.698, "z": 1.263}
 

@@ -80,7 +80,7 @@ class MockSky:
         Passed to `~astro_metallicity.mock.simulate_galaxies`.
     """
 
-    def __init__(self, n_galaxies=1000, seed=0, *, catalog=None, stars_per_field=12,
+    def __init__(self, n_galaxies=1000, seed=0, *, catalog=None, stars_per_field=40,
                  max_cached_frames=36, noise=True, **kwargs):
         if catalog is None:
             catalog = simulate_galaxies(n_galaxies, seed, **kwargs)
