@@ -60,6 +60,7 @@ __all__ = [
     "clear_memory_cache",
     "frame_url",
     "query_fields",
+    "in_footprint",
     "fetch_frame",
     "load_frame",
     "frames_for_target",
@@ -575,6 +576,39 @@ def _group_targets(coords, half_deg):
         boxes[key] = (float(np.min(ra[idx] - dra)), float(np.max(ra[idx] + dra)),
                       float(np.min(dec[idx] - half_deg[idx])), float(np.max(dec[idx] + half_deg[idx])))
     return groups, boxes
+
+
+def in_footprint(coords):
+    """Whether each position lies in an imaged SDSS field (``Field`` bounding boxes).
+
+    Parameters
+    ----------
+    coords : `~astropy.coordinates.SkyCoord`
+        1-D array of positions.
+
+    Returns
+    -------
+    inside : `~numpy.ndarray` of bool
+        True where some field's bounding box holds the position.
+
+    Raises
+    ------
+    FetchError
+        If a Field query fails after retries.
+    """
+    n = len(coords)
+    inside = np.zeros(n, dtype=bool)
+    if n == 0:
+        return inside
+    half = np.full(n, 1.0 / 3600.0)
+    groups, boxes = _group_targets(coords, half)
+    for key, idx in groups.items():
+        table = query_fields(*boxes[key])
+        for i in idx:
+            ra, dec = coords[i].ra.deg, coords[i].dec.deg
+            inside[i] = bool(np.any((table["raMin"] <= ra) & (table["raMax"] >= ra)
+                                    & (table["decMin"] <= dec) & (table["decMax"] >= dec)))
+    return inside
 
 
 def _progress_bar(total, progress):
