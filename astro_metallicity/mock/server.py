@@ -130,6 +130,7 @@ def _as_faults(faults):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "MockSkyServer/1.0"
+    disable_nagle_algorithm = True  # keep-alive + small writes would stall on delayed ACKs
 
     def log_message(self, format, *args):  # noqa: A002 - signature of the base class
         log.debug("mock SDSS: " + format % args)
