@@ -32,6 +32,7 @@ __all__ = [
     "read_dataset",
     "write_dataset",
     "split_indices",
+    "concat_cutouts",
     "HDF5CutoutDataset",
 ]
 
@@ -114,6 +115,40 @@ class LabelledCutouts:
             values = np.where(values <= -999, np.nan, values)  # SDSS -9999 sentinels
             columns.append(values)
         return np.stack(columns, axis=1).astype(np.float64)
+
+
+def concat_cutouts(parts):
+    """Stack several `LabelledCutouts` (e.g. real and simulated) into one.
+
+    Parameters
+    ----------
+    parts : sequence of `LabelledCutouts`
+        Sets with cutouts of one size. A set may appear more than once (to
+        weight it up).
+
+    Returns
+    -------
+    cutouts : `LabelledCutouts`
+        Images stacked; the catalogue keeps the label columns of `TARGET_COLUMNS`
+        (NaN where a part has no such label) and a ``part`` column (index in
+        ``parts``).
+    """
+    parts = list(parts)
+    if not parts:
+        msg = "parts must contain at least one LabelledCutouts"
+        raise ValueError(msg)
+    sizes = {p.images.shape[1:] for p in parts}
+    if len(sizes) != 1:
+        msg = f"all parts must have cutouts of one shape, got {sorted(sizes)}"
+        raise ValueError(msg)
+    names = list(TARGET_COLUMNS)
+    targets = np.concatenate([p.targets(names) for p in parts])
+    catalog = Table({TARGET_COLUMNS[name]: targets[:, j] for j, name in enumerate(names)})
+    catalog["oh_p50"].unit = u.dex
+    catalog["part"] = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)])
+    images = np.concatenate([p.images for p in parts])
+    flags = np.concatenate([p.flags for p in parts])
+    return LabelledCutouts(images, catalog, flags, {"parts": len(parts)})
 
 
 def split_indices(n, fractions, *, seed=0):

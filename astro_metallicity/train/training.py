@@ -340,9 +340,11 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
     dataset = _ArrayDataset(train.images, y_train, transform)
     steps_per_epoch = -(-len(dataset) // batch_size)
     optimizer = torch.optim.AdamW(network.parameters(), lr=max_lr, weight_decay=weight_decay)
+    # OneCycleLR needs >= 2 steps in each phase; tiny runs get a slightly longer schedule.
+    total_steps = max(epochs * steps_per_epoch, 4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
-        pct_start=pct_start)
+        optimizer, max_lr=max_lr, total_steps=total_steps,
+        pct_start=min(max(pct_start, 2.0 / total_steps), 1 - 2.0 / total_steps))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     stage = {"n_train": len(train), "n_val": 0 if val is None else len(val), "epochs": epochs,
              "batch_size": batch_size, "optimizer": "AdamW", "max_lr": max_lr,

@@ -1,0 +1,397 @@
+"""The recipe that trains the model bundled with astro-metallicity.
+
+Run it with::
+
+    python -m astro_metallicity.train.bundled            # or
+    astro-metallicity train --recipe bundled
+
+Steps (every seed fixed, so the run is reproducible):
+
+1. Start the simulated SDSS (`astro_metallicity.mock.MockSDSS`, seed
+   ``SIM_SEED``), query the training catalogue through it with the seed's SQL
+   (`query_training_catalog`) and build the cutout store with the prediction
+   pipeline's own code: `build_dataset` -> `astro_metallicity.preprocess.make_cutouts`
+   with ``source='jpeg'`` (the SkyServer ImgCutout route of Wu & Boada 2018) and
+   the paper's adaptive scale, 128 x 128 px.
+2. Split the simulated set 80/10/10 (train/validation/test, ``SPLIT_SEED``); the
+   test split is never used for training, early stopping or calibration.
+3. Pretrain a ResNet-18 (64 px input) on the simulated training split.
+4. Fine-tune it on 320 of the 400 real SDSS ImgCutout JPEGs with MPA-JHU labels
+   (``../shared/data/sdss-gri-jpeg-400``), with a fixed 320/80 split
+   (``REAL_SPLIT_SEED``; the 80 validation objIDs are listed in the report). The
+   80 are used for early stopping and for the error calibration only.
+5. Evaluate: simulated test set against the baselines (Tremonti MZR on the
+   catalogue mass, gradient boosting on *gri* photometry and on image colours,
+   the training mean); real validation set against predicting the training mean,
+   the image-colour baseline, and a ResNet-18 trained on the 320 real JPEGs only.
+6. Write the weights (float16) and metadata to ``astro_metallicity/data/`` and the
+   metrics to a JSON report (figures go to the work folder, not the repository).
+
+On a GPU (``--device auto`` finds it) the same command runs much faster; on
+CPU set ``--threads``.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..logger import log
+
+__all__ = ["main", "run_bundled_recipe", "SIM_SEED", "SPLIT_SEED", "REAL_SPLIT_SEED",
+           "FRESH_SKY_SEED"]
+
+#: Seed of the simulated sky used for training.
+SIM_SEED = 101
+#: Seed of the train/validation/test split of the simulated set.
+SPLIT_SEED = 0
+#: Seed of the fixed 320/80 split of the 400 real JPEGs (permutation of sorted objIDs).
+REAL_SPLIT_SEED = 400
+#: Seed of the fresh simulated sky used for the final check (never used in training).
+FRESH_SKY_SEED = 2027
+
+_REPO = Path(__file__).resolve().parents[2]
+_PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _default_shared():
+    import os
+
+    if "ASTRO_METALLICITY_SHARED_DATA" in os.environ:
+        return Path(os.environ["ASTRO_METALLICITY_SHARED_DATA"])
+    return _REPO.parent / "shared" / "data"
+
+
+def real_split(objids, *, seed=REAL_SPLIT_SEED, n_val=80):
+    """The fixed train/validation split of the real JPEG set.
+
+    Parameters
+    ----------
+    objids : array-like of int
+        SDSS objIDs of the labelled JPEGs.
+    seed : int
+        Permutation seed (applied to the sorted objIDs, so file order does not matter).
+    n_val : int
+        Size of the validation part.
+
+    Returns
+    -------
+    train_ids, val_ids : `~numpy.ndarray`
+        Sorted objIDs.
+    """
+    ids = np.sort(np.asarray(objids, dtype=np.int64))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return np.sort(ids[order[n_val:]]), np.sort(ids[order[:n_val]])
+
+
+def _select(cutouts, ids):
+    index = np.flatnonzero(np.isin(np.asarray(cutouts.catalog["objID"], dtype=np.int64), ids))
+    return cutouts.subset(index)
+
+
+def _sim_dataset(args, work):
+    """Steps 1: the simulated catalogue and cutout store through the mock SDSS."""
+    from astropy.table import Table
+
+    from ..mock import MockSDSS
+    from .catalog import query_training_catalog
+    from .dataset import build_dataset
+
+    store = work / f"sim_seed{args.sim_seed}_n{args.n_sim}.h5"
+    with MockSDSS(n_galaxies=args.n_sim, seed=args.sim_seed) as server:
+        catalog = query_training_catalog()
+        catalog = Table(catalog)
+        catalog.sort("objID")  # galaxies of one field together: frames rendered once
+        log.info(f"Simulated training catalogue: {len(catalog)} galaxies after the seed's cuts "
+                 f"(server {server.url})")
+        t0 = time.perf_counter()
+        build_dataset(catalog, store, source="jpeg", scale="adaptive", size=128,
+                      chunk_size=args.chunk_size, progress=args.progress)
+        seconds = time.perf_counter() - t0
+    return store, len(catalog), seconds
+
+
+def _fresh_sky_check(model, args, work, figures):
+    """Final check on a fresh simulated sky with a seed never used in training."""
+    from astropy.table import Table
+
+    from ..mock import MockSDSS
+    from .catalog import query_training_catalog
+    from .dataset import build_dataset, read_dataset
+    from .evaluation import evaluate
+
+    store = work / f"fresh_seed{FRESH_SKY_SEED}_n{args.n_fresh}.h5"
+    with MockSDSS(n_galaxies=args.n_fresh, seed=FRESH_SKY_SEED):
+        catalog = Table(query_training_catalog())
+        catalog.sort("objID")
+        build_dataset(catalog, store, source="jpeg", scale="adaptive", size=128,
+                      chunk_size=args.chunk_size, progress=False)
+    fresh = read_dataset(store)
+    return evaluate(model, fresh, figures_dir=figures, label="fresh_sim_sky")
+
+
+def run_bundled_recipe(args):
+    """Run the recipe with parsed arguments (see ``main --help``). Returns the report dict."""
+    import torch
+
+    from ..model import save_model
+    from .dataset import concat_cutouts, dataset_from_images, read_dataset, split_indices
+    from .evaluation import (
+        calibrate_error_scale,
+        coverage,
+        evaluate,
+        fit_baselines,
+        regression_report,
+        write_report,
+    )
+    from .training import train_model
+
+    started = time.perf_counter()
+    work = Path(args.work_dir)
+    figures = work / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python -m astro_metallicity.train.bundled " + " ".join(args.argv)
+    report = {"command": command.strip(), "astro_metallicity_version": __version__,
+              "torch_version": torch.__version__, "python": platform.python_version(),
+              "seeds": {"sim_sky": args.sim_seed, "sim_split": SPLIT_SEED,
+                        "real_split": REAL_SPLIT_SEED, "fresh_sky": FRESH_SKY_SEED,
+                        "training": args.seed}}
+    timings = report["timings_s"] = {}
+
+    # 1-2. simulated data
+    store, n_catalog, timings["sim_dataset"] = _sim_dataset(args, work)
+    sim = read_dataset(store)
+    if n_catalog < args.min_sim:
+        msg = (f"the simulated catalogue has {n_catalog} galaxies after the cuts, fewer than "
+               f"--min-sim {args.min_sim}; raise --n-sim")
+        raise RuntimeError(msg)
+    parts = split_indices(len(sim), (0.8, 0.1, 0.1), seed=SPLIT_SEED)
+    sim_train, sim_val, sim_test = (sim.subset(p) for p in parts)
+    report["sim_data"] = {
+        "sky": f"astro_metallicity.mock.MockSDSS(n_galaxies={args.n_sim}, seed={args.sim_seed})",
+        "n_catalog": n_catalog, "n_good_cutouts": len(sim),
+        "n_train": len(sim_train), "n_val": len(sim_val), "n_test": len(sim_test),
+        "route": "query_training_catalog -> build_dataset -> preprocess.make_cutouts("
+                 "source='jpeg', scale='adaptive', size=128) via the mock ImgCutout service",
+    }
+    log.info(f"Simulated cutouts: {len(sim)} good of {n_catalog}; split "
+             f"{len(sim_train)}/{len(sim_val)}/{len(sim_test)}")
+
+    # 3. pretraining
+    t0 = time.perf_counter()
+    pre = train_model(
+        sim_train, sim_val, outputs=("metallicity", "log_mstar"), arch=args.arch,
+        input_size=args.input_size, epochs=args.pretrain_epochs, batch_size=args.batch_size,
+        max_lr=args.pretrain_lr, weight_decay=0.05, patience=args.patience, seed=args.seed,
+        device=args.device, checkpoint_dir=work / "pretrain", num_workers=args.num_workers,
+        metadata={"provenance": {"stage": "pretrained on the simulated survey"}})
+    timings["pretrain"] = time.perf_counter() - t0
+    pretrained = pre.model
+    # error calibration of the pretrained model on the simulated validation split
+    calib = sim_val.subset(np.arange(min(len(sim_val), args.calibration_size)))
+    val_pred = pretrained.predict(calib.images)
+    sim_scale = calibrate_error_scale(calib.targets(["metallicity"])[:, 0],
+                                      val_pred["metallicity"], val_pred["metallicity_err"])
+    pretrained.metadata["error_scale"]["metallicity"] = sim_scale
+    baselines = fit_baselines(sim_train, seed=args.seed)
+    report["sim_test_pretrained"] = evaluate(pretrained, sim_test, baselines=baselines,
+                                             figures_dir=figures, label="sim_test_pretrained")
+    report["sim_test_pretrained"]["error_scale_from_sim_val"] = sim_scale
+    save_model(pretrained.network, pretrained.metadata, work / "pretrained_model", half=False)
+
+    # 4. real JPEGs: fixed split, fine-tuning
+    real_dir = Path(args.real_data)
+    real = dataset_from_images(real_dir / "images", real_dir / "labels.csv")
+    train_ids, val_ids = real_split(real.catalog["objID"])
+    real_train, real_val = _select(real, train_ids), _select(real, val_ids)
+    report["real_data"] = {
+        "source": "400 SDSS DR14 ImgCutout gri JPEGs (128 px, adaptive scale) with MPA-JHU "
+                  "oh_p50, a random subset of Wu & Boada (2018)'s training set",
+        "n_train": len(real_train), "n_val": len(real_val),
+        "split": f"astro_metallicity.train.bundled.real_split(objIDs, seed={REAL_SPLIT_SEED})",
+        "val_objids": [int(i) for i in val_ids],
+    }
+    # Fine-tuning set: the real training JPEGs (repeated to weight them up) plus a
+    # random sample of simulated training cutouts replayed so that the network
+    # keeps what it learned on the simulated survey.
+    rng = np.random.default_rng(args.seed)
+    replay = sim_train.subset(np.sort(rng.choice(len(sim_train),
+                                                 min(args.replay, len(sim_train)),
+                                                 replace=False)))
+    ft_train = concat_cutouts([real_train] * args.real_repeat + [replay])
+    report["real_data"]["finetune_set"] = (
+        f"{args.real_repeat} x {len(real_train)} real + {len(replay)} simulated (replay) "
+        "cutouts per epoch")
+    t0 = time.perf_counter()
+    fine = train_model(
+        ft_train, real_val, init_from=pretrained, epochs=args.finetune_epochs,
+        batch_size=32, max_lr=args.finetune_lr, weight_decay=0.05,
+        patience=args.finetune_patience, seed=args.seed, device=args.device,
+        checkpoint_dir=work / "finetune", num_workers=0,
+        metadata={"provenance": {"stage": "pretrained on the simulated survey, fine-tuned on "
+                                          "320 real SDSS ImgCutout JPEGs"}})
+    timings["finetune"] = time.perf_counter() - t0
+    model = fine.model
+
+    # error calibration on the 80 real validation galaxies, checked by 2-fold split
+    true_val = real_val.targets(["metallicity"])[:, 0]
+    model.metadata["error_scale"]["metallicity"] = 1.0
+    raw = model.predict(real_val.images)
+    halves = np.arange(len(true_val)) % 2 == 0
+    cross = []
+    for fit_half in (halves, ~halves):
+        s = calibrate_error_scale(true_val[fit_half], raw["metallicity"][fit_half],
+                                  raw["metallicity_err"][fit_half])
+        cross.append(coverage(true_val[~fit_half], raw["metallicity"][~fit_half],
+                              s * raw["metallicity_err"][~fit_half]))
+    scale = calibrate_error_scale(true_val, raw["metallicity"], raw["metallicity_err"])
+    model.metadata["error_scale"]["metallicity"] = scale
+    # log_mstar has no real labels: calibrate its error on the simulated validation split
+    mass_scale = None
+    if "log_mstar" in model.metadata["outputs"]:
+        model.metadata["error_scale"]["log_mstar"] = 1.0
+        sim_raw = model.predict(calib.images)
+        mass_scale = calibrate_error_scale(calib.targets(["log_mstar"])[:, 0],
+                                           sim_raw["log_mstar"], sim_raw["log_mstar_err"])
+        model.metadata["error_scale"]["log_mstar"] = mass_scale
+    report["error_calibration"] = {
+        "metallicity_error_scale": scale,
+        "fitted_on": "the 80 real validation galaxies (|residual|/sigma 68.27th percentile)",
+        "uncalibrated_coverage_real_val": coverage(true_val, raw["metallicity"],
+                                                   raw["metallicity_err"]),
+        "two_fold_coverage_real_val": float(np.mean(cross)),
+        "log_mstar_error_scale": mass_scale,
+        "log_mstar_fitted_on": "the simulated validation split (no real masses available)",
+    }
+
+    # 5. evaluation
+    real_baselines = fit_baselines(real_train, seed=args.seed)
+    report["real_val"] = evaluate(model, real_val, baselines=real_baselines,
+                                  figures_dir=figures, label="real_val")
+    report["real_val"]["pretrained_only"] = regression_report(
+        true_val, pretrained.predict(real_val.images)["metallicity"])
+    report["real_val"]["references"] = {
+        "training_mean_dex": 0.18, "wu_boada_2018_resnet34_77k_galaxies_dex": 0.085,
+        "real_only_resnet18_5fold_cv_dex_shared_readme": 0.106,
+        "image_colour_gbr_5fold_cv_dex_shared_readme": 0.12}
+    report["sim_test"] = evaluate(model, sim_test, baselines=baselines, figures_dir=figures,
+                                  label="sim_test")
+    if args.real_only_epochs > 0:
+        t0 = time.perf_counter()
+        scratch = train_model(
+            real_train, real_val, outputs=("metallicity",), arch=args.arch,
+            input_size=args.input_size, epochs=args.real_only_epochs, batch_size=32,
+            max_lr=args.pretrain_lr, weight_decay=0.05, patience=args.real_only_epochs,
+            seed=args.seed, device=args.device, checkpoint_dir=work / "real_only")
+        timings["real_only"] = time.perf_counter() - t0
+        report["real_val"]["real_only_cnn"] = regression_report(
+            true_val, scratch.model.predict(real_val.images)["metallicity"])
+
+    # 6. final metadata and files
+    meta = model.metadata
+    meta["provenance"] = {
+        "description": (
+            "ResNet-18 pretrained on a simulated SDSS-like survey (astro_metallicity.mock: "
+            "Tremonti 2004 MZR with the Mannucci 2010 FMR SFR term, Salim 2007 star-forming "
+            "sequence, Shen 2003 sizes, Taylor 2011 colours; SDSS-like seeing, sky and noise; "
+            "cutouts through the mock ImgCutout service with the shared asinh stretch) and "
+            "fine-tuned on 320 real SDSS DR14 ImgCutout JPEGs with MPA-JHU DR7 metallicities. "
+            "Accuracy on real galaxies beyond the 80 validation galaxies is unmeasured."),
+        "sim_data": report["sim_data"],
+        "real_data": {k: v for k, v in report["real_data"].items() if k != "val_objids"},
+        "real_val_objids": report["real_data"]["val_objids"],
+        "seeds": report["seeds"],
+        "command": report["command"],
+        "astro_metallicity_version": __version__,
+    }
+    meta["metrics"] = {
+        "sim_test": {"cnn": report["sim_test"]["cnn"],
+                     "baselines": report["sim_test"]["baselines"]},
+        "real_val": {"cnn": report["real_val"]["cnn"],
+                     "baselines": report["real_val"]["baselines"]},
+    }
+    out_dir = Path(args.output_dir)
+    pt = save_model(model.network, meta, out_dir / args.model_name, half=True)
+    report["model_file"] = str(pt)
+    report["model_size_mb"] = round(pt.stat().st_size / 1e6, 2)
+    if args.n_fresh > 0:
+        from ..model import load_model
+
+        saved = load_model(pt, device=args.device)
+        report["fresh_sim_sky"] = _fresh_sky_check(saved, args, work, figures)
+    timings["total"] = time.perf_counter() - started
+    report["device"] = str(model.device)
+    write_report(report, args.report)
+    log.info(f"Bundled model written to {pt}; report {args.report}")
+    return report
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="python -m astro_metallicity.train.bundled",
+        description="Train the bundled metallicity model (simulated pretraining + real "
+                    "fine-tuning) reproducibly.")
+    p.add_argument("--work-dir", default=str(_REPO / "runs" / "bundled"),
+                   help="folder for cutout stores, checkpoints and figures")
+    p.add_argument("--output-dir", default=str(_PACKAGE_DATA),
+                   help="where the model .pt/.json go (default: the package data folder)")
+    p.add_argument("--model-name", default="metallicity_resnet18")
+    p.add_argument("--report", default=str(_REPO / "docs" / "model_card_data.json"),
+                   help="JSON report with all metrics")
+    p.add_argument("--real-data", default=str(_default_shared() / "sdss-gri-jpeg-400"),
+                   help="folder with images/{objID}.jpg and labels.csv")
+    p.add_argument("--n-sim", type=int, default=22000,
+                   help="galaxies in the simulated sky")
+    p.add_argument("--min-sim", type=int, default=20000,
+                   help="fail if fewer galaxies pass the catalogue cuts")
+    p.add_argument("--sim-seed", type=int, default=SIM_SEED)
+    p.add_argument("--n-fresh", type=int, default=1000,
+                   help="galaxies of the fresh-sky check (0 to skip)")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--input-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--pretrain-epochs", type=int, default=4)
+    p.add_argument("--pretrain-lr", type=float, default=2e-3)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--finetune-epochs", type=int, default=20)
+    p.add_argument("--finetune-lr", type=float, default=5e-4)
+    p.add_argument("--finetune-patience", type=int, default=6)
+    p.add_argument("--real-repeat", type=int, default=2,
+                   help="times each real training JPEG appears per fine-tuning epoch")
+    p.add_argument("--replay", type=int, default=320,
+                   help="simulated training cutouts mixed into the fine-tuning set")
+    p.add_argument("--real-only-epochs", type=int, default=60,
+                   help="epochs of the real-only comparison CNN (0 to skip)")
+    p.add_argument("--chunk-size", type=int, default=500)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (0: torch default; 1 is fastest on a shared 2-core "
+                        "machine, use more on a dedicated one)")
+    p.add_argument("--calibration-size", type=int, default=1000,
+                   help="simulated validation cutouts used for error calibration")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--progress", action="store_true", help="progress bar for the cutouts")
+    return p
+
+
+def main(argv=None):
+    """Command-line entry point of the bundled-model recipe."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    args.argv = argv
+    log.setLevel("INFO")
+    report = run_bundled_recipe(args)
+    print(json.dumps({k: report[k] for k in ("model_file", "timings_s")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Command-line front ends of ``astro-metallicity train`` and ``astro-metallicity evaluate``.
+
+``astro_metallicity.cli`` delegates both sub-commands here (`train`,
+`evaluate`, or `main` with the sub-command name first).
+
+Examples
+--------
+Retrain on real SDSS with MPA-JHU labels (catalogue query, ImgCutout JPEGs,
+80/10/10 split, evaluation on the test split)::
+
+    astro-metallicity train --query-catalog --store sdss_dr17.h5 --source jpeg \\
+        --output my_model --epochs 30 --device auto
+
+Fine-tune the bundled model on a folder of JPEGs with a labels CSV::
+
+    astro-metallicity train --images cutouts/ --labels labels.csv \\
+        --init-from bundled --output tuned_model
+
+Evaluate a model on a store, with baselines fitted on another::
+
+    astro-metallicity evaluate --model tuned_model.pt --data test.h5 --train train.h5 \\
+        --figures figs/ --report report.json
+
+Train the bundled model (see `astro_metallicity.train.bundled`)::
+
+    astro-metallicity train --recipe bundled
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "train", "evaluate", "train_parser", "evaluate_parser"]
+
+
+def train_parser(parser=None):
+    """Arguments of ``astro-metallicity train`` (added to ``parser`` if given)."""
+    p = parser or argparse.ArgumentParser(prog="astro-metallicity train",
+                                          description="Train or fine-tune the metallicity CNN.")
+    p.add_argument("--recipe", choices=["bundled"],
+                   help="run a named recipe; further arguments go to it "
+                        "(python -m astro_metallicity.train.bundled --help)")
+    data = p.add_argument_group("data (one of)")
+    data.add_argument("--data", help="HDF5 cutout store (from build_dataset / an earlier --store)")
+    data.add_argument("--images", help="folder of JPEG/PNG cutouts named {id}.jpg")
+    data.add_argument("--labels", help="CSV with the id column and oh_p50 (with --images)")
+    data.add_argument("--id-column", default="objID")
+    data.add_argument("--query-catalog", action="store_true",
+                      help="query the SDSS training catalogue (conf.skyserver_baseurl) and "
+                           "build --store from it first")
+    data.add_argument("--top", type=int, help="at most this many galaxies (with --query-catalog)")
+    data.add_argument("--store", help="HDF5 store to build (with --query-catalog)")
+    data.add_argument("--source", default="jpeg", choices=["jpeg", "frames"])
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--output", required=False, help="model path (writes .pt and .json)")
+    p.add_argument("--init-from", help="checkpoint to fine-tune ('bundled' for the bundled model)")
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--input-size", type=int, default=64)
+    p.add_argument("--outputs", default="metallicity,log_mstar")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="default conf.device")
+    p.add_argument("--checkpoint-dir", help="resumable checkpoints (default: <output>_ckpt)")
+    p.add_argument("--figures", help="folder for evaluation figures")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads")
+    return p
+
+
+def evaluate_parser(parser=None):
+    """Arguments of ``astro-metallicity evaluate`` (added to ``parser`` if given)."""
+    p = parser or argparse.ArgumentParser(prog="astro-metallicity evaluate",
+                                          description="Evaluate a model on a labelled set.")
+    p.add_argument("--model", default=None, help="checkpoint .pt (default: bundled model)")
+    p.add_argument("--data", help="HDF5 cutout store with labels")
+    p.add_argument("--images", help="folder of cutouts (with --labels)")
+    p.add_argument("--labels", help="labels CSV (with --images)")
+    p.add_argument("--id-column", default="objID")
+    p.add_argument("--train", help="store to fit the photometry/colour baselines on")
+    p.add_argument("--figures", help="folder for the figures")
+    p.add_argument("--report", help="write the JSON report here (default: print it)")
+    p.add_argument("--label", default="test")
+    p.add_argument("--device", default=None)
+    return p
+
+
+def _load_data(args):
+    from .dataset import dataset_from_images, read_dataset
+
+    if getattr(args, "data", None):
+        return read_dataset(args.data)
+    if getattr(args, "images", None):
+        if not args.labels:
+            raise SystemExit("--images needs --labels")
+        return dataset_from_images(args.images, args.labels, id_column=args.id_column)
+    raise SystemExit("give --data STORE.h5 or --images DIR --labels CSV"
+                     + (" or --query-catalog --store STORE.h5" if hasattr(args, "store") else ""))
+
+
+def train(argv=None):
+    """Run ``astro-metallicity train`` with the given arguments. Returns an exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--recipe" in argv:
+        k = argv.index("--recipe")
+        if k + 1 >= len(argv) or argv[k + 1] != "bundled":
+            raise SystemExit("--recipe: the only recipe is 'bundled'")
+        from .bundled import main as bundled_main
+
+        return bundled_main(argv[:k] + argv[k + 2:])
+    args = train_parser().parse_args(argv)
+    from ..logger import log
+
+    log.setLevel("INFO")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from ..model import bundled_model_path, save_model
+    from .catalog import query_training_catalog
+    from .dataset import build_dataset, read_dataset, split_indices
+    from .evaluation import calibrate_error_scale, evaluate as run_evaluation, write_report
+    from .training import train_model
+
+    if not args.output:
+        raise SystemExit("--output PATH is required (the model is written to PATH.pt/.json)")
+    if args.query_catalog:
+        if not args.store:
+            raise SystemExit("--query-catalog needs --store PATH.h5")
+        catalog = query_training_catalog(top=args.top)
+        catalog.sort("objID")
+        build_dataset(catalog, args.store, source=args.source, progress=True)
+        data = read_dataset(args.store)
+    else:
+        data = _load_data(args)
+    train_fraction = 1.0 - args.val_fraction - args.test_fraction
+    parts = split_indices(len(data), (train_fraction, args.val_fraction, args.test_fraction),
+                          seed=args.split_seed)
+    train_set, val_set, test_set = (data.subset(p) for p in parts)
+    init_from = args.init_from
+    if init_from == "bundled":
+        init_from = bundled_model_path()
+    output = Path(args.output)
+    result = train_model(
+        train_set, val_set if len(val_set) else None,
+        outputs=[s.strip() for s in args.outputs.split(",") if s.strip()], arch=args.arch,
+        input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size,
+        max_lr=args.lr, weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
+        device=args.device, init_from=init_from,
+        checkpoint_dir=args.checkpoint_dir or output.with_name(output.name + "_ckpt"),
+        metadata={"provenance": {"command": "astro-metallicity train " + " ".join(argv)}})
+    model = result.model
+    if len(val_set):
+        pred = model.predict(val_set.images)
+        model.metadata["error_scale"]["metallicity"] = calibrate_error_scale(
+            val_set.targets(["metallicity"])[:, 0], pred["metallicity"],
+            pred["metallicity_err"])
+    report = {}
+    if len(test_set):
+        report = run_evaluation(model, test_set, train=train_set, figures_dir=args.figures,
+                                label="test")
+        model.metadata["metrics"] = {"test": {"cnn": report["cnn"],
+                                              "baselines": report["baselines"]}}
+    pt = save_model(model.network, model.metadata, output, half=True)
+    if report:
+        write_report(report, output.with_name(output.name + "_report.json"))
+    print(f"model written to {pt}")
+    return 0
+
+
+def evaluate(argv=None):
+    """Run ``astro-metallicity evaluate`` with the given arguments. Returns an exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = evaluate_parser().parse_args(argv)
+    from ..model import load_model
+    from .dataset import read_dataset
+    from .evaluation import evaluate as run_evaluation, write_report
+
+    model = load_model(args.model, device=args.device)
+    data = _load_data(args)
+    train_set = read_dataset(args.train) if args.train else None
+    report = run_evaluation(model, data, train=train_set, figures_dir=args.figures,
+                            label=args.label)
+    if args.report:
+        write_report(report, args.report)
+    else:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def main(argv=None):
+    """``main(['train', ...])`` or ``main(['evaluate', ...])``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in ("train", "evaluate"):
+        raise SystemExit("usage: astro-metallicity {train,evaluate} ...")
+    return (train if argv[0] == "train" else evaluate)(argv[1:])
