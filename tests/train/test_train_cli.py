@@ -1,0 +1,58 @@
+"""astro-metallicity train / evaluate on the command line."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from astro_metallicity.train import read_dataset, write_dataset  # noqa: E402
+from astro_metallicity.train import cli as train_cli  # noqa: E402
+
+
+def test_train_and_evaluate_commands(labelled_set, tmp_path):
+    main = train_cli.main
+    store = write_dataset(labelled_set, tmp_path / "set.h5")
+    out = tmp_path / "model"
+    code = main(["train", "--data", str(store), "--output", str(out), "--arch", "tiny",
+                 "--input-size", "16", "--epochs", "2", "--batch-size", "16",
+                 "--device", "cpu", "--threads", "1"])
+    assert code == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["arch"] == "tiny" and meta["weights_dtype"] == "float16"
+    assert meta["metrics"]["test"]["cnn"]["n"] == 16  # 10 per cent test split of 160
+    assert meta["error_scale"]["metallicity"] > 0
+    assert "astro-metallicity train --data" in meta["provenance"]["command"]
+    assert (tmp_path / "model_report.json").is_file()
+    assert (tmp_path / "model_ckpt" / "last_checkpoint.pt").is_file()
+
+    report_path = tmp_path / "eval.json"
+    code = main(["evaluate", "--model", str(out.with_suffix(".pt")), "--data", str(store),
+                 "--train", str(store), "--report", str(report_path), "--device", "cpu"])
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    assert report["n"] == len(read_dataset(store))
+    assert {"mzr", "image_colours", "gri_photometry", "training_mean"} <= set(report["baselines"])
+
+
+def test_cli_usage_errors(tmp_path):
+    with pytest.raises(SystemExit, match="--output PATH is required"):
+        train_cli.train(["--data", "x.h5"])
+    with pytest.raises(SystemExit, match="the only recipe is 'bundled'"):
+        train_cli.train(["--recipe", "other"])
+    with pytest.raises(SystemExit, match="usage"):
+        train_cli.main(["fly"])
+    with pytest.raises(SystemExit, match="give --data"):
+        train_cli._load_data(train_cli.evaluate_parser().parse_args([]))
+
+
+def test_bundled_real_split_is_fixed():
+    from astro_metallicity.train.bundled import real_split
+
+    ids = np.arange(1000, 1400)
+    train, val = real_split(ids[::-1])
+    assert len(train) == 320 and len(val) == 80
+    assert not set(train) & set(val)
+    train2, val2 = real_split(ids)
+    np.testing.assert_array_equal(val, val2)
