@@ -187,3 +187,24 @@ def test_frame_layout_matches_real_sdss(sky, shared_data):
         corner = np.asarray(d[:400, :400], dtype=float)
         sig.append(np.std(corner[np.abs(corner) < 4 * np.std(corner)]))
     assert sig[1] == pytest.approx(sig[0], rel=0.3)
+
+
+def test_region_render_is_identical_to_frame(sky):
+    """ImgCutout renders only the pixels it needs; they equal the full frame's pixels."""
+    fp = sky.footprint
+    run, camcol, field = fp.run, fp.camcol[0], fp.field[0]
+    full = sky.frame(run, camcol, field, "g")
+    k = fp.index(camcol, field)
+    for region in [(0, 77, 0, 50), (1000, 1133, 700, 901), (1948, 2048, 1400, 1489)]:
+        part = sky._render(k, "g", region=region)
+        np.testing.assert_array_equal(part, full[region[2]:region[3], region[0]:region[1]])
+    with pytest.raises(ValueError, match="region must lie within"):
+        sky._render(k, "g", region=(0, 3000, 0, 10))
+    # a cutout from a sky whose frames are not cached equals one from cached frames
+    c = sky.catalog
+    fresh = MockSky(catalog=c, seed=21, stars_per_field=0)
+    a = fresh.cutout(c["ra"][0].value, c["dec"][0].value, 0.25, 40, 30)
+    fresh.frame(run, camcol, field, "g"), fresh.frame(run, camcol, field, "r"), fresh.frame(run, camcol, field, "i")
+    b = fresh.cutout(c["ra"][0].value, c["dec"][0].value, 0.25, 40, 30)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert a[0].shape == (30, 40)

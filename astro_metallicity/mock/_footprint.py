@@ -4,7 +4,7 @@ Each field is an SDSS-like corrected frame of 2048 columns x 1489 rows at
 0.396 arcsec/px. Rows run along the scan (increasing right ascension) and
 columns across it (increasing declination), as for an equatorial SDSS stripe.
 Consecutive fields of a camcol overlap by 128 rows, as in SDSS; adjacent
-camcols overlap by 200 columns so that the footprint has no gaps.
+camcols overlap by 64 columns so that the footprint has no gaps.
 """
 
 import math
@@ -19,9 +19,7 @@ NROW = 1489
 NCOL = 2048
 ROW_OVERLAP = 128
 ROW_STEP = NROW - ROW_OVERLAP  # 1361 rows of unique sky per field
-# Adjacent camcols overlap by 200 columns (real SDSS camcols leave gaps that the other
-# strip fills); with 100 px of margin, a cutout of a galaxy rarely needs a second frame.
-COL_STEP = 1848
+COL_STEP = 1984  # adjacent camcols overlap by 64 columns (SDSS leaves gaps the other strip fills)
 FIRST_FIELD = 11
 RERUN = 301
 BANDS = "ugriz"

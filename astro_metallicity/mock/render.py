@@ -14,7 +14,7 @@ import numpy as np
 
 from ._footprint import BANDS, NCOL, NROW, PIXEL_SCALE, RERUN
 
-__all__ = ["moffat_kernel", "sersic_stamp", "render_frame", "frame_hdulist", "MOFFAT_BETA"]
+__all__ = ["moffat_kernel", "sersic_stamp", "render_frame", "frame_hdulist", "MOFFAT_BETA", "NOISE_TILE"]
 
 MOFFAT_BETA = 3.0
 EXPTIME = 53.907456
@@ -128,7 +128,7 @@ def _galaxy_image(g, band, fwhm_px, psf):
     re_d = max(g["r50_disk"] / PIXEL_SCALE, 0.3)
     re_b = max(g["r50_bulge"] / PIXEL_SCALE, 0.2)
     theta = math.radians(g["pos_angle"])
-    h = int(min(max(math.ceil(6.0 * re_d), math.ceil(10.0 * re_b), 6), 160))
+    h = int(_galaxy_halfsize(g["r50_disk"], g["r50_bulge"]))
     xc, yc = g["x"], g["y"]
     ix, iy = int(round(xc)), int(round(yc))
     size = 2 * h + 1
@@ -146,8 +146,24 @@ def _galaxy_image(g, band, fwhm_px, psf):
     return flux * img, ix - h - kh, iy - h - kh
 
 
-def render_frame(galaxies, stars, band, *, wcs, fwhm_arcsec, sky_nmgy, rng, noise=True):
-    """Render one corrected frame.
+def _galaxy_halfsize(r50_disk, r50_bulge):
+    """Half-size (pixels) of the stamp on which a galaxy's profile is evaluated."""
+    re_d = np.maximum(np.asarray(r50_disk) / PIXEL_SCALE, 0.3)
+    re_b = np.maximum(np.asarray(r50_bulge) / PIXEL_SCALE, 0.2)
+    return np.minimum(np.maximum(np.maximum(np.ceil(6.0 * re_d), np.ceil(10.0 * re_b)), 6), 160).astype(int)
+
+
+#: Side of the square tiles of independent noise (so any region renders identically).
+NOISE_TILE = 128
+
+
+def render_frame(galaxies, stars, band, *, wcs, fwhm_arcsec, sky_nmgy, noise_seed, noise=True,
+                 region=None):
+    """Render one corrected frame, or a rectangular region of it.
+
+    A region is bit-identical to the same pixels of the full frame: sources are
+    added in the same order and the noise is drawn per `NOISE_TILE` tile from a
+    generator seeded by ``noise_seed`` and the tile position.
 
     Parameters
     ----------
@@ -165,47 +181,65 @@ def render_frame(galaxies, stars, band, *, wcs, fwhm_arcsec, sky_nmgy, rng, nois
         PSF FWHM in this band.
     sky_nmgy : float
         Sky level in nanomaggies per pixel (subtracted again; it sets the noise).
-    rng : `~numpy.random.Generator`
-        Source of the noise.
+    noise_seed : sequence of int
+        Seed of the noise of this frame.
     noise : bool, optional
         If False, return the noiseless image.
+    region : tuple of int, optional
+        ``(x0, x1, y0, y1)``: columns ``x0:x1`` and rows ``y0:y1`` of the frame.
+        Default the whole frame.
 
     Returns
     -------
     image : `~numpy.ndarray`
-        ``float32`` (1489, 2048) in nanomaggies per pixel, sky subtracted.
+        ``float32`` image in nanomaggies per pixel, sky subtracted; (1489, 2048)
+        for the whole frame.
     """
-    image = np.zeros((NROW, NCOL), dtype=np.float64)
+    rx0, rx1, ry0, ry1 = (0, NCOL, 0, NROW) if region is None else (int(v) for v in region)
+    if not (0 <= rx0 < rx1 <= NCOL and 0 <= ry0 < ry1 <= NROW):
+        msg = f"region must lie within the 2048 x 1489 frame, got {region!r}"
+        raise ValueError(msg)
+    image = np.zeros((ry1 - ry0, rx1 - rx0), dtype=np.float64)
     fwhm_px = fwhm_arcsec / PIXEL_SCALE
     psf = moffat_kernel(fwhm_px)
+    kh = psf.shape[0] // 2
     # Major axis at position angle PA east of north; in pixels north = +column (x),
     # east = +row (y) for these frames, so theta from +x is PA itself.
     if len(galaxies["ra"]):
         x, y = wcs.wcs_world2pix(galaxies["ra"], galaxies["dec"], 0)
-        for j in range(len(x)):
+        ext = _galaxy_halfsize(galaxies["r50_disk"], galaxies["r50_bulge"]) + kh + 1
+        ix, iy = np.round(x), np.round(y)
+        hit = ((ix + ext >= rx0) & (ix - ext < rx1) & (iy + ext >= ry0) & (iy - ext < ry1))
+        for j in np.flatnonzero(hit):
             g = {k: v[j] for k, v in galaxies.items()}
             g["x"], g["y"] = float(x[j]), float(y[j])
-            if not (-200 < g["x"] < NCOL + 200 and -200 < g["y"] < NROW + 200):
-                continue
             stamp, x0, y0 = _galaxy_image(g, band, fwhm_px, psf)
-            _add_stamp(image, stamp, x0, y0)
+            _add_stamp(image, stamp, x0 - rx0, y0 - ry0)
     if len(stars["ra"]):
         x, y = wcs.wcs_world2pix(stars["ra"], stars["dec"], 0)
         for j in range(len(x)):
-            if not (-60 < x[j] < NCOL + 60 and -60 < y[j] < NROW + 60):
-                continue
-            flux = 10 ** (-0.4 * (stars["mag"][j] - 22.5))
             h = int(math.ceil(4.0 * fwhm_px)) + (8 if stars["mag"][j] < 16 else 0)
             ix, iy = int(round(x[j])), int(round(y[j]))
+            if ix + h < rx0 or ix - h >= rx1 or iy + h < ry0 or iy - h >= ry1:
+                continue
+            flux = 10 ** (-0.4 * (stars["mag"][j] - 22.5))
             k = moffat_kernel(fwhm_px, size=2 * h + 1, center=(x[j] - ix, y[j] - iy))
-            _add_stamp(image, flux * k, ix - h, iy - h)
+            _add_stamp(image, flux * k, ix - h - rx0, iy - h - ry0)
     image = image.astype(np.float32)
     if noise:
         nmgy = NMGY_PER_COUNT[band]
         counts = (np.clip(image, 0, None) + np.float32(sky_nmgy)) / np.float32(nmgy)
         sigma = np.sqrt(counts / np.float32(GAIN[band]) + np.float32(READ_NOISE[band] ** 2))
         sigma *= np.float32(nmgy)
-        image += sigma * rng.standard_normal((NROW, NCOL), dtype=np.float32)
+        gauss = np.empty_like(image)
+        t = NOISE_TILE
+        for ty in range(ry0 // t, (ry1 - 1) // t + 1):
+            for tx in range(rx0 // t, (rx1 - 1) // t + 1):
+                tile = np.random.default_rng([*noise_seed, tx, ty]).standard_normal((t, t), dtype=np.float32)
+                ya, yb = max(ry0, ty * t), min(ry1, (ty + 1) * t)
+                xa, xb = max(rx0, tx * t), min(rx1, (tx + 1) * t)
+                gauss[ya - ry0:yb - ry0, xa - rx0:xb - rx0] = tile[ya - ty * t:yb - ty * t, xa - tx * t:xb - tx * t]
+        image += sigma * gauss
     return image
 
 

@@ -127,6 +127,20 @@ def _as_faults(faults):
     raise TypeError(msg)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # clients that time out or hang up are normal with fault injection; no tracebacks
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug(f"mock SDSS: client {client_address} went away ({exc!r})")
+        else:
+            log.warning(f"mock SDSS: error serving {client_address}: {exc!r}")
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "MockSkyServer/1.0"
@@ -241,8 +255,7 @@ class MockSDSSServer:
         self.requests = []
         self._attempts = {}
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), _Handler)
         self.httpd.mock = self
         self.host = host
         self.port = self.httpd.server_address[1]

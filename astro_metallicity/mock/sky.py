@@ -52,6 +52,14 @@ class _LRU:
                 self._key_locks.pop(key, None)
             return value
 
+    def peek(self, key):
+        """The cached value or `None`, without computing it."""
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
     def __len__(self):
         return len(self._data)
 
@@ -267,26 +275,35 @@ class MockSky:
         mu = SKY_MAG[band] + self._sky_dmag[k, _band_index(band)]
         return float(10 ** (-0.4 * (mu - 22.5)) * PIXEL_SCALE ** 2)
 
-    def _render(self, k, band):
-        fp = self.footprint
-        wcs = fp.wcs(k, self._offsets[k, _band_index(band)])
-        margin = 0.03
-        cosd = math.cos(math.radians(fp.dec_center[k]))
-        g = self._gal
-        sel = ((g["ra"] > fp.ra_min[k] - margin / cosd) & (g["ra"] < fp.ra_max[k] + margin / cosd)
-               & (g["dec"] > fp.dec_min[k] - margin) & (g["dec"] < fp.dec_max[k] + margin))
-        gals = {name: v[sel] for name, v in g.items()}
-        gals["mag"] = self._mags[band][sel]
-        gals["bulge_frac"] = self._bulge_frac[band][sel]
-        s = self.stars
-        ssel = ((s["ra"] > fp.ra_min[k] - 0.01) & (s["ra"] < fp.ra_max[k] + 0.01)
-                & (s["dec"] > fp.dec_min[k] - 0.01) & (s["dec"] < fp.dec_max[k] + 0.01))
-        stars = {"ra": s["ra"][ssel], "dec": s["dec"][ssel], "mag": s[band][ssel]}
-        run, camcol, field = fp.run, fp.camcol[k], fp.field[k]
-        rng = np.random.default_rng([self.seed, int(run), int(camcol), int(field), _band_index(band)])
-        return render_frame(gals, stars, band, wcs=wcs,
-                            fwhm_arcsec=self.fwhm(run, camcol, field, band),
-                            sky_nmgy=self.sky_level(run, camcol, field, band), rng=rng, noise=self.noise)
+    def _sources(self, k, band):
+        """Galaxies and stars that can touch field ``k`` (cached per field and band)."""
+        key = (int(k), band)
+        cache = self.__dict__.setdefault("_source_cache", {})
+        if key not in cache:
+            fp = self.footprint
+            margin = 0.03
+            cosd = math.cos(math.radians(fp.dec_center[k]))
+            g = self._gal
+            sel = ((g["ra"] > fp.ra_min[k] - margin / cosd) & (g["ra"] < fp.ra_max[k] + margin / cosd)
+                   & (g["dec"] > fp.dec_min[k] - margin) & (g["dec"] < fp.dec_max[k] + margin))
+            gals = {name: v[sel] for name, v in g.items()}
+            gals["mag"] = self._mags[band][sel]
+            gals["bulge_frac"] = self._bulge_frac[band][sel]
+            s = self.stars
+            ssel = ((s["ra"] > fp.ra_min[k] - 0.01) & (s["ra"] < fp.ra_max[k] + 0.01)
+                    & (s["dec"] > fp.dec_min[k] - 0.01) & (s["dec"] < fp.dec_max[k] + 0.01))
+            stars = {"ra": s["ra"][ssel], "dec": s["dec"][ssel], "mag": s[band][ssel]}
+            run, camcol, field = fp.run, int(fp.camcol[k]), int(fp.field[k])
+            cache[key] = dict(
+                galaxies=gals, stars=stars, band=band,
+                wcs=fp.wcs(k, self._offsets[k, _band_index(band)]),
+                fwhm_arcsec=self.fwhm(run, camcol, field, band),
+                sky_nmgy=self.sky_level(run, camcol, field, band),
+                noise_seed=[self.seed, int(run), camcol, field, _band_index(band)], noise=self.noise)
+        return cache[key]
+
+    def _render(self, k, band, region=None):
+        return render_frame(**self._sources(k, band), region=region)
 
     def frame(self, run, camcol, field, band):
         """Rendered frame image (cached).
@@ -424,9 +441,20 @@ class MockSky:
                 inside = (x > -0.5) & (x < NCOL - 0.5) & (y > -0.5) & (y < NROW - 0.5)
                 if not inside.any():
                     continue
-                img = self._frame_k(k, band)
+                xs, ys = x[inside], y[inside]
+                # pixels needed for bilinear interpolation; from the cached frame if there
+                # is one, else render just that region (identical pixels, much faster)
+                x0 = max(int(math.floor(xs.min())) - 1, 0)
+                x1 = min(int(math.ceil(xs.max())) + 2, NCOL)
+                y0 = max(int(math.floor(ys.min())) - 1, 0)
+                y1 = min(int(math.ceil(ys.max())) + 2, NROW)
+                full = self._frames.peek((int(k), band))
+                if full is not None:
+                    img = full[y0:y1, x0:x1]
+                else:
+                    img = self._render(k, band, region=(x0, x1, y0, y1))
                 idx = todo[inside]
-                acc[idx] = map_coordinates(img, [y[inside], x[inside]], order=1, mode="nearest")
+                acc[idx] = map_coordinates(img, [ys - y0, xs - x0], order=1, mode="nearest")
                 filled[idx] = True
             img = acc.reshape(height, f, width, f).mean(axis=(1, 3)) if f > 1 else acc.reshape(height, width)
             out.append(img)
