@@ -51,3 +51,15 @@ def pipeline_model(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("pipeline_model") / "tiny"
     return save_untrained_model(path, arch="tiny", input_size=32, cutout_size=64, seed=0)
+
+
+@pytest.fixture
+def mock_sdss():
+    """A small simulated SDSS served on 127.0.0.1 (`astro_metallicity.mock.MockSDSS`).
+
+    astroquery's and this package's SkyServer/SAS URLs point at it for the test.
+    """
+    from astro_metallicity.mock import MockSDSS
+
+    with MockSDSS(n_galaxies=40, seed=0) as sky:
+        yield sky

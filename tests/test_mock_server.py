@@ -128,11 +128,12 @@ def test_unknown_sql_gives_skyserver_error(mock):
     assert len(_sdss().query_sql("SELECT TOP 2 objID FROM Galaxy", cache=False)) == 2
 
 
-def test_request_log_counts_downloads(mock):
-    n0 = len(mock.requests)
-    _sdss().query_sql("SELECT TOP 1 objID FROM PhotoObj", cache=False)
-    assert len(mock.requests) == n0 + 1
-    method, path = mock.requests[-1]
+def test_request_log_counts_downloads(mock_sdss):
+    n0 = len(mock_sdss.requests)
+    res = _sdss().query_sql("SELECT TOP 1 objID FROM PhotoObj", cache=False)
+    assert res["objID"][0] in mock_sdss.catalog["objid"]
+    assert len(mock_sdss.requests) == n0 + 1
+    method, path = mock_sdss.requests[-1]
     assert method == "GET" and path.startswith("/dr17/en/tools/search/x_results.aspx?")
 
 
