@@ -1,6 +1,6 @@
 """Simulated population of SDSS main-sample star-forming galaxies.
 
-The scaling relations (all cited in the docs, see ``docs/mock.rst``):
+The scaling relations and their references:
 
 * stellar mass function: double Schechter fit of Baldry et al. (2012, MNRAS 421, 621),
   times a star-forming fraction falling through 50 per cent at 10^10.5 Msun;
