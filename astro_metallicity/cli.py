@@ -252,8 +252,15 @@ def demo_sample(catalog, n, seed=_DEMO_SEED):
     from astropy.table import QTable
 
     rng = np.random.default_rng(seed)
-    n = int(min(n, len(catalog)))
-    idx = np.sort(rng.choice(len(catalog), size=n, replace=False))
+    oh_all = np.asarray(getattr(catalog["oh_p50"], "value", catalog["oh_p50"]), float)
+    usable = np.isfinite(oh_all) & (oh_all > 0)  # MPA-JHU writes -9999 where O/H is undefined
+    if "camcol" in catalog.colnames:
+        # two neighbouring camcols: fewer frames to fetch, and some shared by several targets
+        camcol = np.asarray(catalog["camcol"])
+        usable &= np.isin(camcol, np.unique(camcol)[:2])
+    pool = np.flatnonzero(usable)
+    n = int(min(n, len(pool)))
+    idx = np.sort(rng.choice(pool, size=n, replace=False))
     ra = u.Quantity(catalog["ra"][idx], u.deg).value
     dec = u.Quantity(catalog["dec"][idx], u.deg).value
     oh = np.asarray(getattr(catalog["oh_p50"][idx], "value", catalog["oh_p50"][idx]), float)
