@@ -153,7 +153,8 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         model/Petrosian/PSF magnitudes and errors in *ugriz*, line fluxes,
         ``d4000``, ``bptclass``, ``rChi2`` and the structural parameters the
         renderer uses (``r50_disk``, ``r50_bulge`` in arcsec, ``bulge_frac_*``,
-        ``axis_ratio``, ``bulge_axis_ratio``, ``pos_angle`` in deg). The footprint
+        ``axis_ratio``, ``bulge_axis_ratio``, ``pos_angle`` in deg, spiral-arm
+        ``arm_amp``, ``arm_m``, ``arm_pitch``, ``arm_phase``). The footprint
         and per-field seeing are stored in ``catalog.meta``.
     """
     if int(n) != n or n < 1:
@@ -346,6 +347,13 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     t["bulge_axis_ratio"] = bulge_q
     t["pos_angle"] = pos_angle * u.deg
     t["seeing_r"] = seeing_gal * u.arcsec
+    # Spiral arms of the disk (drawn last so the other columns do not depend on them):
+    # stronger in galaxies above the star-forming sequence.
+    dssfr = (logsfr - logm) - _ssfr_mean(logm)
+    t["arm_amp"] = np.clip(0.4 + 0.25 * dssfr / 0.3 + rng.normal(0.0, 0.1, n), 0.05, 0.85)
+    t["arm_m"] = rng.choice(np.array([2, 2, 2, 3, 4], dtype=np.int32), n)
+    t["arm_pitch"] = rng.uniform(12.0, 30.0, n) * u.deg
+    t["arm_phase"] = rng.uniform(0.0, 2 * np.pi, n) * u.rad
     return t
 
 

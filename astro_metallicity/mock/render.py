@@ -28,6 +28,10 @@ READ_NOISE = {"u": 3.0, "g": 2.0, "r": 2.0, "i": 2.5, "z": 2.5}  # counts
 SEEING_RATIO = {"u": 1.15, "g": 1.07, "r": 1.0, "i": 0.95, "z": 0.93}
 
 
+#: Contrast of spiral arms (young stars) relative to r: stronger in blue bands.
+_ARM_BAND_FACTOR = {"u": 1.6, "g": 1.3, "r": 1.0, "i": 0.85, "z": 0.75}
+
+
 def _bn(n):
     return 2.0 * n - 1.0 / 3.0 + 4.0 / (405.0 * n) + 46.0 / (25515.0 * n * n)
 
@@ -66,7 +70,7 @@ def moffat_kernel(fwhm_px, *, beta=MOFFAT_BETA, size=None, center=(0.0, 0.0), ov
     return img / img.sum()
 
 
-def sersic_stamp(shape, xc, yc, r_e, n, q, theta, oversample):
+def sersic_stamp(shape, xc, yc, r_e, n, q, theta, oversample, arms=None):
     """Unit-sum Sersic profile on a stamp.
 
     Parameters
@@ -85,6 +89,10 @@ def sersic_stamp(shape, xc, yc, r_e, n, q, theta, oversample):
         Angle of the major axis from the +x axis, radians.
     oversample : int
         Sub-pixel samples per axis.
+    arms : tuple, optional
+        ``(m, amplitude, pitch_deg, phase)``: modulate the profile by
+        ``1 + amplitude * cos(m (phi - ln(r / r_e) / tan(pitch) - phase))``
+        (logarithmic spiral arms in the disk plane), faded out at the centre.
 
     Returns
     -------
@@ -103,6 +111,11 @@ def sersic_stamp(shape, xc, yc, r_e, n, q, theta, oversample):
         img = np.exp(-_bn(1) * r)
     else:
         img = np.exp(-_bn(n) * (r ** (1.0 / n) - 1.0))
+    if arms is not None and arms[1] > 0:
+        m, amp, pitch, phase = arms
+        phi = np.arctan2(yy / q, xx)
+        wind = np.log(np.maximum(r, 1e-3)) / math.tan(math.radians(pitch))
+        img = img * (1.0 + amp * (1.0 - np.exp(-(r / 0.6) ** 2)) * np.cos(m * (phi - wind - phase)))
     if oversample > 1:
         img = img.reshape(ny, oversample, nx, oversample).mean(axis=(1, 3))
     total = img.sum()
@@ -134,7 +147,11 @@ def _galaxy_image(g, band, fwhm_px, psf):
     size = 2 * h + 1
     cx, cy = h + (xc - ix), h + (yc - iy)
     os_d = int(min(max(math.ceil(6.0 / re_d), 1), 7))
-    img = (1.0 - fb) * sersic_stamp((size, size), cx, cy, re_d, 1, g["q"], theta, os_d)
+    arms = None
+    if "arm_amp" in g:
+        amp = min(g["arm_amp"] * _ARM_BAND_FACTOR[band], 0.95)
+        arms = (int(g["arm_m"]), amp, g["arm_pitch"], g["arm_phase"])
+    img = (1.0 - fb) * sersic_stamp((size, size), cx, cy, re_d, 1, g["q"], theta, os_d, arms=arms)
     if fb > 0:
         hb = int(min(max(math.ceil(10.0 * re_b), 4), h))
         sb = 2 * hb + 1

@@ -131,6 +131,10 @@ class MockSky:
             "q": np.asarray(c["axis_ratio"]), "qb": np.asarray(c["bulge_axis_ratio"]),
             "pos_angle": np.asarray(c["pos_angle"].to_value(u.deg)),
         }
+        if "arm_amp" in c.colnames:
+            self._gal.update(arm_amp=np.asarray(c["arm_amp"]), arm_m=np.asarray(c["arm_m"]),
+                             arm_pitch=np.asarray(c["arm_pitch"].to_value(u.deg)),
+                             arm_phase=np.asarray(c["arm_phase"].to_value(u.rad)))
         self._mags = {b: np.asarray(c[f"modelMag_{b}"].to_value(u.mag)) for b in BANDS}
         self._bulge_frac = {b: np.asarray(c[f"bulge_frac_{b}"]) for b in BANDS}
         self._frames = _LRU(max_cached_frames)
