@@ -176,3 +176,32 @@ def test_fail_first_latency_and_match():
         Faults(error_rate=1.5)
     with pytest.raises(TypeError, match="faults must be a Faults"):
         MockSDSS(n_galaxies=5, faults="bad")
+
+
+def test_serve_blocking_entry_point():
+    """``serve()`` (behind ``astro-metallicity mock-sdss``) answers SkyServer queries until stopped."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = f"from astro_metallicity.mock import serve; serve(port={port}, n_galaxies=20, seed=2)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/dr17/en/tools/search/x_results.aspx"
+        for _ in range(100):
+            try:
+                r = requests.get(url, params={"cmd": "SELECT COUNT(*) FROM Galaxy", "format": "csv"}, timeout=5)
+                break
+            except requests.exceptions.ConnectionError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("serve() did not start")
+        assert r.status_code == 200 and "error_message" in r.text  # COUNT(*) is not supported
+        r = requests.get(url, params={"cmd": "SELECT objID FROM Galaxy", "format": "csv"}, timeout=5)
+        assert r.text.startswith("#Table1\nobjID\n") and len(r.text.strip().splitlines()) == 22
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
