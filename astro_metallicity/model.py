@@ -34,16 +34,16 @@ from ._config import conf
 from .logger import log
 
 __all__ = [
-    "METADATA_FORMAT_VERSION",
     "ARCHITECTURES",
+    "METADATA_FORMAT_VERSION",
     "MetallicityModel",
     "build_network",
-    "default_metadata",
-    "save_model",
-    "load_model",
-    "save_untrained_model",
     "bundled_model_path",
+    "default_metadata",
     "dihedral_views",
+    "load_model",
+    "save_model",
+    "save_untrained_model",
 ]
 
 #: Version of the metadata layout written by `save_model`; `load_model`
@@ -275,7 +275,7 @@ def _json_default(value):
 def _check_metadata(metadata, json_path):
     if not isinstance(metadata, dict):
         msg = f"model metadata {json_path} is not a JSON object"
-        raise ValueError(msg)
+        raise ValueError(msg)  # noqa: TRY004 - a bad file, reported like other bad metadata
     missing = [key for key in _REQUIRED_KEYS if key not in metadata]
     if missing:
         msg = (f"model metadata {json_path} lacks {missing}: it was not written by "

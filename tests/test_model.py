@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from astro_metallicity import conf  # noqa: E402
-from astro_metallicity.model import (  # noqa: E402
+from astro_metallicity import conf
+from astro_metallicity.model import (
     MetallicityModel,
     build_network,
     default_metadata,

@@ -15,9 +15,9 @@ from . import catalog as _catalog
 from . import dataset as _dataset
 from . import evaluation as _evaluation
 from . import training as _training
-from .catalog import *  # noqa: F401,F403
-from .dataset import *  # noqa: F401,F403
-from .evaluation import *  # noqa: F401,F403
-from .training import *  # noqa: F401,F403
+from .catalog import *
+from .dataset import *
+from .evaluation import *
+from .training import *
 
 __all__ = _catalog.__all__ + _dataset.__all__ + _training.__all__ + _evaluation.__all__

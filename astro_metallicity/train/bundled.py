@@ -43,8 +43,15 @@ import numpy as np
 from .. import __version__
 from ..logger import log
 
-__all__ = ["main", "run_bundled_recipe", "SIM_SEED", "SPLIT_SEED", "REAL_SPLIT_SEED",
-           "FRESH_SKY_SEED"]
+__all__ = [
+    "FRESH_SKY_SEED",
+    "REAL_SPLIT_SEED",
+    "SIM_SEED",
+    "SPLIT_SEED",
+    "main",
+    "real_split",
+    "run_bundled_recipe",
+]
 
 #: Seed of the simulated sky used for training.
 SIM_SEED = 101

@@ -15,8 +15,12 @@ from astropy.table import Table
 from .._config import conf
 from ..logger import log
 
-__all__ = ["TRAINING_CATALOG_SQL", "training_catalog_sql", "query_training_catalog",
-           "CATALOG_UNITS"]
+__all__ = [
+    "CATALOG_UNITS",
+    "TRAINING_CATALOG_SQL",
+    "query_training_catalog",
+    "training_catalog_sql",
+]
 
 #: The seed repository's training-catalogue query (its ``INTO mydb.…`` clause
 #: dropped so it runs as a SkyServer SQL search). ``{top}`` is replaced by

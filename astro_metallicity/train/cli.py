@@ -31,7 +31,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["main", "train", "evaluate", "train_parser", "evaluate_parser"]
+__all__ = ["evaluate", "evaluate_parser", "main", "train", "train_parser"]
 
 
 def train_parser(parser=None):
@@ -124,7 +124,8 @@ def train(argv=None):
     from ..model import bundled_model_path, save_model
     from .catalog import query_training_catalog
     from .dataset import build_dataset, read_dataset, split_indices
-    from .evaluation import calibrate_error_scale, evaluate as run_evaluation, write_report
+    from .evaluation import calibrate_error_scale, write_report
+    from .evaluation import evaluate as run_evaluation
     from .training import train_model
 
     if not args.output:
@@ -179,7 +180,8 @@ def evaluate(argv=None):
     args = evaluate_parser().parse_args(argv)
     from ..model import load_model
     from .dataset import read_dataset
-    from .evaluation import evaluate as run_evaluation, write_report
+    from .evaluation import evaluate as run_evaluation
+    from .evaluation import write_report
 
     model = load_model(args.model, device=args.device)
     data = _load_data(args)

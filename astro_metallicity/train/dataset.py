@@ -26,14 +26,14 @@ from ..logger import log
 
 __all__ = [
     "TARGET_COLUMNS",
+    "HDF5CutoutDataset",
     "LabelledCutouts",
     "build_dataset",
+    "concat_cutouts",
     "dataset_from_images",
     "read_dataset",
-    "write_dataset",
     "split_indices",
-    "concat_cutouts",
-    "HDF5CutoutDataset",
+    "write_dataset",
 ]
 
 #: Catalogue column holding each model output.

@@ -24,6 +24,7 @@ Figures (`plot_pred_vs_true`, `plot_mzr`) are drawn with matplotlib's
 object-oriented API (no pyplot state, works headless).
 """
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -34,18 +35,18 @@ from ..logger import log
 from .training import residual_metrics
 
 __all__ = [
-    "evaluate",
-    "regression_report",
+    "binned_bias",
     "calibrate_error_scale",
     "coverage",
-    "mzr_tremonti",
-    "image_colour_features",
-    "photometry_features",
+    "evaluate",
     "fit_baselines",
-    "predict_baselines",
-    "binned_bias",
-    "plot_pred_vs_true",
+    "image_colour_features",
+    "mzr_tremonti",
+    "photometry_features",
     "plot_mzr",
+    "plot_pred_vs_true",
+    "predict_baselines",
+    "regression_report",
     "write_report",
 ]
 
@@ -170,7 +171,7 @@ def binned_bias(x, true, pred, edges):
     """
     x, true, pred = (np.asarray(a, dtype=float) for a in (x, true, pred))
     rows = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = (x >= lo) & (x < hi) & np.isfinite(true) & np.isfinite(pred)
         r = pred[sel] - true[sel]
         rows.append({"lo": float(lo), "hi": float(hi), "n": int(sel.sum()),
@@ -364,7 +365,7 @@ def evaluate(model, test, *, baselines=None, train=None, figures_dir=None, label
         baselines = fit_baselines(train)
     pred = model.predict(test.images, batch_size=batch_size, tta=tta)
     true = _target(test, "metallicity")
-    report = {"label": label, "n": int(len(test)), "tta": bool(tta)}
+    report = {"label": label, "n": len(test), "tta": bool(tta)}
     report["cnn"] = regression_report(true, pred["metallicity"], pred["metallicity_err"],
                                       outlier_threshold=outlier_threshold)
     threshold = report["cnn"]["outlier_threshold"]
@@ -485,7 +486,7 @@ def plot_mzr(log_mstar, pred, true, path, *, title=None):
     centres = 0.5 * (edges[1:] + edges[:-1])
     for values, colour, name in ((true, "k", "true (median)"), (pred, "C1", "CNN (median)")):
         med = [np.median(values[(mass >= a) & (mass < b)]) if np.any((mass >= a) & (mass < b))
-               else np.nan for a, b in zip(edges[:-1], edges[1:])]
+               else np.nan for a, b in itertools.pairwise(edges)]
         ax.plot(centres, med, color=colour, lw=2, label=name)
     x = np.linspace(8.5, 11.5, 100)
     ax.plot(x, mzr_tremonti(x), color="C3", ls="--", lw=1, label="Tremonti et al. (2004)")

@@ -40,8 +40,13 @@ from ..model import (
 )
 from .dataset import LabelledCutouts, read_dataset
 
-__all__ = ["train_model", "TrainingResult", "training_transform", "RandomRot90",
-           "residual_metrics"]
+__all__ = [
+    "RandomRot90",
+    "TrainingResult",
+    "residual_metrics",
+    "train_model",
+    "training_transform",
+]
 
 _CHECKPOINT = "last_checkpoint.pt"
 _BEST = "best"
@@ -71,7 +76,7 @@ def residual_metrics(true, pred):
         "rmse": float(np.sqrt(np.mean(r**2))),
         "nmad": float(1.4826 * np.median(np.abs(r - np.median(r)))),
         "bias": float(np.mean(r)),
-        "n": int(len(r)),
+        "n": len(r),
     }
 
 
@@ -463,7 +468,7 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
                 log.info(f"Early stopping after epoch {epoch + 1}: no better validation "
                          f"RMSE for {patience} epochs (best epoch {best_epoch + 1})")
         save_checkpoint(epoch)
-        epochs_this_call += 1
+        epochs_this_call += 1  # noqa: SIM113 - counts epochs run in this call only
 
     network.load_state_dict(best_state)
     network = network.float().eval()

@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from astro_metallicity.train import read_dataset, write_dataset  # noqa: E402
-from astro_metallicity.train import cli as train_cli  # noqa: E402
+from astro_metallicity.train import cli as train_cli
+from astro_metallicity.train import read_dataset, write_dataset
 
 
 def test_train_and_evaluate_commands(labelled_set, tmp_path):
@@ -54,5 +54,5 @@ def test_bundled_real_split_is_fixed():
     train, val = real_split(ids[::-1])
     assert len(train) == 320 and len(val) == 80
     assert not set(train) & set(val)
-    train2, val2 = real_split(ids)
+    _, val2 = real_split(ids)
     np.testing.assert_array_equal(val, val2)

@@ -7,15 +7,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from astro_metallicity.model import dihedral_views, load_model  # noqa: E402
-from astro_metallicity.train import (  # noqa: E402
+from astro_metallicity.model import dihedral_views, load_model
+from astro_metallicity.train import (
     RandomRot90,
     residual_metrics,
     train_model,
     training_transform,
 )
 
-KW = dict(arch="tiny", input_size=16, batch_size=32, max_lr=1e-2, device="cpu")
+KW = {"arch": "tiny", "input_size": 16, "batch_size": 32, "max_lr": 1e-2, "device": "cpu"}
 
 
 def test_loss_falls_and_model_learns(labelled_set):
