@@ -34,7 +34,7 @@ def _half_max_diameter(image, x0, y0):
     centres = 0.5 * (bins[1:] + bins[:-1])
     ok = np.isfinite(prof)
     prof, centres = prof[ok], centres[ok]
-    peak = image[int(round(y0)), int(round(x0))]
+    peak = image[round(y0), round(x0)]
     below = np.flatnonzero(prof < peak / 2)[0]
     # linear interpolation between the last point above and the first below half max
     r1, r2, p1, p2 = centres[below - 1], centres[below], prof[below - 1], prof[below]
@@ -66,7 +66,7 @@ def test_star_fwhm_in_frame(star_sky):
         others = np.hypot(x - x[j], y - y[j])
         if np.sort(others)[1] < 40:
             continue
-        ix, iy = int(round(x[j])), int(round(y[j]))
+        ix, iy = round(x[j]), round(y[j])
         stamp = np.asarray(img[iy - 20:iy + 21, ix - 20:ix + 21], dtype=float)
         # broadening of the half-max by pixel sampling is < 3 per cent for FWHM > 2.5 px
         measured.append(_half_max_diameter(stamp, 20 + x[j] - ix, 20 + y[j] - iy))
@@ -140,7 +140,7 @@ def test_band_offsets_and_centroids():
             d = np.hypot(*(pos[band] - pos[band][:, j:j + 1]))
             if np.sort(d)[1] < 80 or not (40 < x < 2008 and 40 < y < 1449):
                 continue
-            ix, iy = int(round(x)), int(round(y))
+            ix, iy = round(x), round(y)
             st = img[iy - 30:iy + 31, ix - 30:ix + 31]
             yy, xx = np.mgrid[-30:31, -30:31]
             cx, cy = (st * xx).sum() / st.sum() + ix, (st * yy).sum() / st.sum() + iy

@@ -75,7 +75,7 @@ def test_get_images_wcs_points_at_galaxy(mock):
     for im in images:
         data = im[0].data
         x, y = WCS(im[0].header).world_to_pixel(coord)
-        ix, iy = int(round(float(x))), int(round(float(y)))
+        ix, iy = round(float(x)), round(float(y))
         stamp = data[iy - 3:iy + 4, ix - 3:ix + 4]
         py, px = np.unravel_index(np.argmax(stamp), stamp.shape)
         assert abs(px - 3) <= 1 and abs(py - 3) <= 1  # the brightest pixel is at the galaxy

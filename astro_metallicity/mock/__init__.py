@@ -7,12 +7,20 @@ and this package's own client code run against it unmodified. A simulated
 survey is a test bed, not the sky.
 """
 
-from .population import *  # noqa: F401,F403
-from .population import __all__ as _pop_all
-from .server import *  # noqa: F401,F403
-from .server import __all__ as _server_all
-from .sky import *  # noqa: F401,F403
-from .sky import __all__ as _sky_all
+from .population import MAIN_SAMPLE_RLIM, mannucci_fmr, simulate_galaxies, tremonti_mzr
+from .server import Faults, MockSDSS, MockSDSSServer, serve
+from .sky import MockSky
 from .sql import SkyServerError
 
-__all__ = [*_pop_all, *_sky_all, *_server_all, "SkyServerError"]
+__all__ = [
+    "MAIN_SAMPLE_RLIM",
+    "Faults",
+    "MockSDSS",
+    "MockSDSSServer",
+    "MockSky",
+    "SkyServerError",
+    "mannucci_fmr",
+    "serve",
+    "simulate_galaxies",
+    "tremonti_mzr",
+]

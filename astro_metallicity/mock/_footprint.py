@@ -31,7 +31,7 @@ class Footprint:
     def __init__(self, n_fields, *, run=4294, ra0=185.0, dec0=1.0):
         n_fields = max(1, int(n_fields))
         self.ncamcol = min(6, n_fields)
-        self.nfield = int(math.ceil(n_fields / self.ncamcol))
+        self.nfield = math.ceil(n_fields / self.ncamcol)
         self.run = int(run)
         self.ra0 = float(ra0)
         self.dec0 = float(dec0)

@@ -29,10 +29,20 @@ import numpy as np
 from astropy import units as u
 from astropy.table import QTable
 
-from ._footprint import (BANDS, NCOL, PIXEL_SCALE, RERUN, ROW_STEP, COL_STEP, NROW,
-                         Footprint, make_objid, make_specobjid)
+from ._footprint import (
+    BANDS,
+    COL_STEP,
+    NCOL,
+    NROW,
+    PIXEL_SCALE,
+    RERUN,
+    ROW_STEP,
+    Footprint,
+    make_objid,
+    make_specobjid,
+)
 
-__all__ = ["simulate_galaxies", "tremonti_mzr", "mannucci_fmr", "MAIN_SAMPLE_RLIM"]
+__all__ = ["MAIN_SAMPLE_RLIM", "mannucci_fmr", "simulate_galaxies", "tremonti_mzr"]
 
 #: SDSS main galaxy sample limit in Petrosian r magnitude (Strauss et al. 2002).
 MAIN_SAMPLE_RLIM = 17.77
@@ -208,7 +218,7 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     r50_bulge = 0.35 * r50
 
     # --- sky positions on the footprint
-    n_fields = max(1, int(math.ceil(n / galaxies_per_field)))
+    n_fields = max(1, math.ceil(n / galaxies_per_field))
     fp = Footprint(n_fields, run=run, ra0=ra0, dec0=dec0)
     fwhm = _field_seeing(rng, len(fp), seeing)
     k, col, row = _place(rng, fp, n, min_separation.to_value(u.arcsec))

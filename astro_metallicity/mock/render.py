@@ -14,7 +14,7 @@ import numpy as np
 
 from ._footprint import BANDS, NCOL, NROW, PIXEL_SCALE, RERUN
 
-__all__ = ["moffat_kernel", "sersic_stamp", "render_frame", "frame_hdulist", "MOFFAT_BETA", "NOISE_TILE"]
+__all__ = ["MOFFAT_BETA", "NOISE_TILE", "frame_hdulist", "moffat_kernel", "render_frame", "sersic_stamp"]
 
 MOFFAT_BETA = 3.0
 EXPTIME = 53.907456
@@ -58,7 +58,7 @@ def moffat_kernel(fwhm_px, *, beta=MOFFAT_BETA, size=None, center=(0.0, 0.0), ov
         ``float64`` array of shape ``(size, size)`` summing to one.
     """
     if size is None:
-        size = 2 * int(math.ceil(4.0 * fwhm_px)) + 1
+        size = 2 * math.ceil(4.0 * fwhm_px) + 1
     half = size // 2
     alpha = fwhm_px / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
     sub = (np.arange(oversample) + 0.5) / oversample - 0.5
@@ -143,7 +143,7 @@ def _galaxy_image(g, band, fwhm_px, psf):
     theta = math.radians(g["pos_angle"])
     h = int(_galaxy_halfsize(g["r50_disk"], g["r50_bulge"]))
     xc, yc = g["x"], g["y"]
-    ix, iy = int(round(xc)), int(round(yc))
+    ix, iy = round(xc), round(yc)
     size = 2 * h + 1
     cx, cy = h + (xc - ix), h + (yc - iy)
     os_d = int(min(max(math.ceil(6.0 / re_d), 1), 7))
@@ -235,8 +235,8 @@ def render_frame(galaxies, stars, band, *, wcs, fwhm_arcsec, sky_nmgy, noise_see
     if len(stars["ra"]):
         x, y = wcs.wcs_world2pix(stars["ra"], stars["dec"], 0)
         for j in range(len(x)):
-            h = int(math.ceil(4.0 * fwhm_px)) + (8 if stars["mag"][j] < 16 else 0)
-            ix, iy = int(round(x[j])), int(round(y[j]))
+            h = math.ceil(4.0 * fwhm_px) + (8 if stars["mag"][j] < 16 else 0)
+            ix, iy = round(x[j]), round(y[j])
             if ix + h < rx0 or ix - h >= rx1 or iy + h < ry0 or iy - h >= ry1:
                 continue
             flux = 10 ** (-0.4 * (stars["mag"][j] - 22.5))

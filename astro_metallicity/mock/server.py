@@ -146,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "MockSkyServer/1.0"
     disable_nagle_algorithm = True  # keep-alive + small writes would stall on delayed ACKs
 
-    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+    def log_message(self, format, *args):
         log.debug("mock SDSS: " + format % args)
 
     def do_GET(self):
@@ -179,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             params = self._params(split.query, body)
             status, payload, ctype = self._route(path, params)
-        except Exception as exc:  # a mock must answer, never die
+        except Exception as exc:  # noqa: BLE001 - a mock must answer, never die
             log.warning(f"mock SDSS: error answering {self.path}: {exc!r}")
             status, payload, ctype = 500, f"Internal error: {exc}\n".encode(), "text/plain"
         self._send(status, payload, ctype, truncate=(fault == "truncate"))
@@ -219,11 +219,11 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server.mock
         if _SQL_RE.match(path):
             if "uquery" in params:
-                return srv.crossid(params)
-            return srv.sql(params)
+                return srv._crossid(params)
+            return srv._sql(params)
         m = _FRAME_RE.match(path)
         if m:
-            _, rerun, run, camcol, band, run6, camcol2, field = m.groups()
+            _, _rerun, run, camcol, band, run6, camcol2, field = m.groups()
             if int(run) != int(run6) or camcol != camcol2:
                 return 404, b"Not Found\n", "text/plain"
             try:
@@ -232,7 +232,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return 404, b"Not Found\n", "text/plain"
             return 200, data, "application/x-bzip2"
         if _JPEG_RE.match(path):
-            return srv.jpeg(params)
+            return srv._jpeg(params)
         return 404, b"Not Found\n", "text/plain"
 
 
@@ -262,7 +262,20 @@ class MockSDSSServer:
         self._thread = None
 
     def record(self, method, path):
-        """Log a request and return the fault to inject (if any)."""
+        """Log a request and return the fault to inject (if any).
+
+        Parameters
+        ----------
+        method : str
+            HTTP method.
+        path : str
+            Request path with query (without the sky's URL prefix).
+
+        Returns
+        -------
+        fault : str or None
+            See `Faults.decide`.
+        """
         with self._lock:
             self.requests.append((method, path))
             attempt = self._attempts.get(path, 0)
@@ -270,7 +283,12 @@ class MockSDSSServer:
         return self.faults.decide(path, attempt) if self.faults is not None else None
 
     def start(self):
-        """Serve in a daemon thread."""
+        """Serve in a daemon thread.
+
+        Returns
+        -------
+        self : `MockSDSSServer`
+        """
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="mock-sdss", daemon=True)
         self._thread.start()
         return self
@@ -283,14 +301,14 @@ class MockSDSSServer:
             self._thread.join(timeout=5)
 
     # ---------------------------------------------------------------- services
-    def sql(self, params):
+    def _sql(self, params):
         cmd = params.get("cmd", "")
         fmt = params.get("format", "csv").lower()
         try:
             names, columns = execute_sql(self.sky, cmd)
         except SkyServerError as exc:
             return 200, error_csv(exc).encode(), "text/plain; charset=utf-8"
-        except Exception as exc:  # malformed but parseable SQL must not crash the server
+        except Exception as exc:  # noqa: BLE001 - odd SQL must not crash the server
             return 200, error_csv(f"Incorrect syntax ({exc})").encode(), "text/plain; charset=utf-8"
         if fmt == "json":
             rows = [dict(zip(names, (v.item() if hasattr(v, "item") else v for v in row)))
@@ -298,7 +316,7 @@ class MockSDSSServer:
             return 200, json.dumps([{"TableName": "Table1", "Rows": rows}]).encode(), "application/json"
         return 200, table_to_csv(names, columns).encode(), "text/plain; charset=utf-8"
 
-    def crossid(self, params):
+    def _crossid(self, params):
         sql = params.get("uquery", "")
         try:
             radius = float(params.get("radius", 0.5))  # arcmin
@@ -341,7 +359,7 @@ class MockSDSSServer:
             return 200, error_csv(f"bad upload ({exc})").encode(), "text/plain; charset=utf-8"
         return 200, table_to_csv(out_names, columns).encode(), "text/plain; charset=utf-8"
 
-    def jpeg(self, params):
+    def _jpeg(self, params):
         try:
             ra = float(params["ra"])
             dec = float(params["dec"])

@@ -11,7 +11,7 @@ from astropy import units as u
 
 from ._footprint import BANDS, NCOL, NROW, PIXEL_SCALE, RERUN, Footprint
 from .population import simulate_galaxies
-from .render import (SEEING_RATIO, SKY_MAG, _band_index, frame_hdulist, render_frame)
+from .render import SEEING_RATIO, SKY_MAG, _band_index, frame_hdulist, render_frame
 
 __all__ = ["MockSky"]
 
@@ -269,12 +269,38 @@ class MockSky:
         return self.footprint.wcs(k, self._offsets[k, _band_index(band)])
 
     def fwhm(self, run, camcol, field, band):
-        """Seeing FWHM (arcsec) of a frame."""
+        """Seeing FWHM of a frame.
+
+        Parameters
+        ----------
+        run, camcol, field : int
+            Frame identifiers.
+        band : str
+            One of ``ugriz``.
+
+        Returns
+        -------
+        fwhm : float
+            PSF full width at half maximum in arcsec.
+        """
         k = self._field_index(run, camcol, field)
         return float(self.fwhm_r[k] * SEEING_RATIO[band])
 
     def sky_level(self, run, camcol, field, band):
-        """Sky level of a frame in nanomaggies per pixel."""
+        """Sky level of a frame (subtracted in the frame; it sets the noise).
+
+        Parameters
+        ----------
+        run, camcol, field : int
+            Frame identifiers.
+        band : str
+            One of ``ugriz``.
+
+        Returns
+        -------
+        sky : float
+            Nanomaggies per pixel.
+        """
         k = self._field_index(run, camcol, field)
         mu = SKY_MAG[band] + self._sky_dmag[k, _band_index(band)]
         return float(10 ** (-0.4 * (mu - 22.5)) * PIXEL_SCALE ** 2)
@@ -298,12 +324,13 @@ class MockSky:
                     & (s["dec"] > fp.dec_min[k] - 0.01) & (s["dec"] < fp.dec_max[k] + 0.01))
             stars = {"ra": s["ra"][ssel], "dec": s["dec"][ssel], "mag": s[band][ssel]}
             run, camcol, field = fp.run, int(fp.camcol[k]), int(fp.field[k])
-            cache[key] = dict(
-                galaxies=gals, stars=stars, band=band,
-                wcs=fp.wcs(k, self._offsets[k, _band_index(band)]),
-                fwhm_arcsec=self.fwhm(run, camcol, field, band),
-                sky_nmgy=self.sky_level(run, camcol, field, band),
-                noise_seed=[self.seed, int(run), camcol, field, _band_index(band)], noise=self.noise)
+            cache[key] = {
+                "galaxies": gals, "stars": stars, "band": band,
+                "wcs": fp.wcs(k, self._offsets[k, _band_index(band)]),
+                "fwhm_arcsec": self.fwhm(run, camcol, field, band),
+                "sky_nmgy": self.sky_level(run, camcol, field, band),
+                "noise_seed": [self.seed, int(run), camcol, field, _band_index(band)],
+                "noise": self.noise}
         return cache[key]
 
     def _render(self, k, band, region=None):
@@ -414,7 +441,7 @@ class MockSky:
             msg = f"dec must be within [-90, 90] degrees, got {dec!r}"
             raise ValueError(msg)
         # average f x f sub-samples per output pixel when the output is coarser than the frames
-        f = max(1, int(math.ceil(scale / PIXEL_SCALE - 0.25)))
+        f = max(1, math.ceil(scale / PIXEL_SCALE - 0.25))
         sub = (np.arange(f) + 0.5) / f - 0.5
         px = (np.arange(width)[:, None] + sub[None, :]).ravel() - (width - 1) / 2.0
         py = (np.arange(height)[:, None] + sub[None, :]).ravel() - (height - 1) / 2.0
@@ -448,10 +475,10 @@ class MockSky:
                 xs, ys = x[inside], y[inside]
                 # pixels needed for bilinear interpolation; from the cached frame if there
                 # is one, else render just that region (identical pixels, much faster)
-                x0 = max(int(math.floor(xs.min())) - 1, 0)
-                x1 = min(int(math.ceil(xs.max())) + 2, NCOL)
-                y0 = max(int(math.floor(ys.min())) - 1, 0)
-                y1 = min(int(math.ceil(ys.max())) + 2, NROW)
+                x0 = max(math.floor(xs.min()) - 1, 0)
+                x1 = min(math.ceil(xs.max()) + 2, NCOL)
+                y0 = max(math.floor(ys.min()) - 1, 0)
+                y1 = min(math.ceil(ys.max()) + 2, NROW)
                 full = self._frames.peek((int(k), band))
                 if full is not None:
                     img = full[y0:y1, x0:x1]

@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-__all__ = ["SkyServerError", "execute_sql", "table_to_csv", "error_csv", "doc_columns"]
+__all__ = ["SkyServerError", "doc_columns", "error_csv", "execute_sql", "table_to_csv"]
 
 
 class SkyServerError(Exception):
@@ -161,9 +161,7 @@ class _Parser:
                 expr_start = self.i
                 expr = self.expr()
                 alias = None
-                if self.accept("kw", "as"):
-                    alias = self._alias_name(self.next())
-                elif self.peek()[0] in ("name", "str"):
+                if self.accept("kw", "as") or self.peek()[0] in ("name", "str"):
                     alias = self._alias_name(self.next())
                 items.append(("expr", expr, alias, expr_start))
             if not self.accept("op", ","):
@@ -227,9 +225,7 @@ class _Parser:
                 args.append(self.next()[1])
                 self.accept("op", ",")
         alias = None
-        if self.accept("kw", "as"):
-            alias = self.next()[1]
-        elif self.peek()[0] == "name":
+        if self.accept("kw", "as") or self.peek()[0] == "name":
             alias = self.next()[1]
         return {"name": name, "alias": alias or name.split(".")[-1], "args": args, "on": on}
 
@@ -463,7 +459,7 @@ def doc_columns(table_name):
     if key == "field":
         names = list(FIELD_COLUMNS)
     elif key in GALAXY_TABLES:
-        names = list(_DISPLAY_NAMES.get(c, c) for c in GALAXY_TABLES[key])
+        names = [_DISPLAY_NAMES.get(c, c) for c in GALAXY_TABLES[key]]
     else:
         raise SkyServerError(f"Invalid object name '{table_name}'.")
     return [{"name": n, "type": _INT_TYPES.get(n.lower(), "real"), "length": 8, "unit": "",
