@@ -219,11 +219,15 @@ def reproject_band(frames, wcs_out, shape_out):
         msg = "frames must contain at least one frame"
         raise ValueError(msg)
     if len(pairs) == 1:
-        image, footprint = reproject_interp(pairs[0], wcs_out, shape_out=shape_out, order="bilinear")
+        # roundtrip_coords=False: the cutout lies inside the frame's valid sky; the
+        # round-trip check would double the cost of the coordinate transforms
+        image, footprint = reproject_interp(pairs[0], wcs_out, shape_out=shape_out,
+                                            order="bilinear", roundtrip_coords=False)
     else:
         image, footprint = reproject_and_coadd(pairs, wcs_out, shape_out=shape_out,
                                                reproject_function=reproject_interp,
-                                               combine_function="mean", order="bilinear")
+                                               combine_function="mean", order="bilinear",
+                                               roundtrip_coords=False)
     image = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
     footprint = np.clip(np.nan_to_num(np.asarray(footprint, dtype=np.float64)), 0.0, 1.0)
     image[footprint <= 0] = 0.0
