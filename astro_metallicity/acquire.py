@@ -54,21 +54,21 @@ from ._config import conf
 from .logger import log
 
 __all__ = [
-    "FetchError",
     "FIELD_SQL",
+    "FetchError",
     "cache_dir",
     "clear_memory_cache",
-    "frame_url",
-    "query_fields",
-    "in_footprint",
     "fetch_frame",
-    "load_frame",
-    "frames_for_target",
-    "jpeg_url",
-    "fetch_jpeg",
-    "lookup_petro_r90",
     "fetch_frame_cutouts",
+    "fetch_jpeg",
     "fetch_jpeg_cutouts",
+    "frame_url",
+    "frames_for_target",
+    "in_footprint",
+    "jpeg_url",
+    "load_frame",
+    "lookup_petro_r90",
+    "query_fields",
 ]
 
 #: SQL used to find the fields around a position (SkyServer ``Field`` table).
@@ -234,7 +234,7 @@ def _cached_download(path, url, params, parse, what):
                 value = parse(content)
             except FetchError:
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise _Retryable(f"invalid file ({type(exc).__name__}: {exc})") from exc
             _atomic_write(path, content)
             return value
@@ -426,7 +426,7 @@ def _query_sql(sql):
             raise FetchError(f"HTTP {status}")
         try:
             return SDSS._parse_result(response)
-        except Exception as exc:  # noqa: BLE001 - astroquery raises several kinds
+        except Exception as exc:
             text = response.text.strip().splitlines()
             first = text[0][:200] if text else ""
             raise FetchError(f"SQL failed: {type(exc).__name__}: {first}") from exc
@@ -885,7 +885,7 @@ def lookup_petro_r90(coords, *, radius=None):
                 raise FetchError(f"HTTP {status}")
             try:
                 return SDSS._parse_result(response)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise FetchError(f"cross-id failed: {type(exc).__name__}") from exc
 
         return start, _with_retries(attempt, "cross-id")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 _DEMO_SEED = 2026  # never used to simulate training data
 _DEMO_GALAXIES = 500

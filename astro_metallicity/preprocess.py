@@ -19,12 +19,12 @@ __all__ = [
     "CutoutSet",
     "adaptive_scale",
     "cutout_wcs",
+    "gri_composite",
     "header_wcs",
-    "reproject_band",
-    "subtract_background",
     "make_cutout",
     "make_cutouts",
-    "gri_composite",
+    "reproject_band",
+    "subtract_background",
 ]
 
 #: Parameters of the asinh colour stretch that mimics SDSS ImgCutout JPEGs.

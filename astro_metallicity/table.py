@@ -14,7 +14,7 @@ from astropy import units as u
 from astropy.table import QTable
 from astropy.utils.masked import Masked
 
-__all__ = ["OUTPUT_UNITS", "RESULT_COLUMNS", "build_result_table", "result_meta", "file_sha256"]
+__all__ = ["OUTPUT_UNITS", "RESULT_COLUMNS", "build_result_table", "file_sha256", "result_meta"]
 
 #: Units of the predicted quantities.
 OUTPUT_UNITS = {

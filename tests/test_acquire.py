@@ -104,7 +104,7 @@ def test_frames_cache_fetch_once_rerun_and_corruption(sdss):
     for path in acquire.cache_dir().rglob("frame-*.fits.bz2"):
         acquire._parse_frame(path.read_bytes())
     # A cache file corrupted on disk is detected, deleted and fetched again (only it).
-    target = sorted(acquire.cache_dir().rglob("frame-r-*.fits.bz2"))[0]
+    target = min(acquire.cache_dir().rglob("frame-r-*.fits.bz2"))
     content = target.read_bytes()
     target.write_bytes(content[: len(content) // 3])
     acquire.clear_memory_cache()
@@ -130,8 +130,8 @@ def test_galaxy_near_frame_edge_gets_complete_cutout(sdss):
     frames, complete = acquire.frames_for_target(position, scale, size, fields)
     assert complete
     assert len(frames["r"]) >= 2  # a mosaic of the two camcols
-    rgb, bands, coverage = make_cutout(frames, position, size=size,
-                                       scale=scale * u.arcsec / u.pix, return_bands=True)
+    _, bands, coverage = make_cutout(frames, position, size=size,
+                                     scale=scale * u.arcsec / u.pix, return_bands=True)
     assert coverage.min() == 1.0
     # compare with the mock's own resampling of the same frames (the truth)
     truth = sdss.sky.cutout(position.ra.deg, position.dec.deg, scale, size, size, bands="r")[0]

@@ -106,8 +106,8 @@ def test_galaxy_on_frame_edge_gets_complete_mosaic():
     flux = 300.0
     d1 = _gaussian_frame(w1, shape, galaxy, flux, sigma_arcsec=1.5)
     d2 = _gaussian_frame(w2, shape, galaxy, flux, sigma_arcsec=1.5)
-    only_one, bands1, cov1 = make_cutout(_bands([(d1, w1)]), galaxy, size=48,
-                                         scale=SDSS_PIXEL_SCALE, return_bands=True)
+    _, bands1, cov1 = make_cutout(_bands([(d1, w1)]), galaxy, size=48,
+                                  scale=SDSS_PIXEL_SCALE, return_bands=True)
     assert cov1.min() == 0.0  # one frame alone leaves a hole
     rgb, bands, cov = make_cutout(_bands([(d1, w1), (d2, w2)]), galaxy, size=48,
                                   scale=SDSS_PIXEL_SCALE, return_bands=True)
