@@ -100,24 +100,35 @@ def sersic_stamp(shape, xc, yc, r_e, n, q, theta, oversample, arms=None):
         ``float64`` image summing to one.
     """
     ny, nx = shape
-    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
-    xs = (np.arange(nx)[:, None] + sub[None, :]).ravel() - xc
-    ys = (np.arange(ny)[:, None] + sub[None, :]).ravel() - yc
-    c, s = math.cos(theta), math.sin(theta)
-    xx = xs[None, :] * c + ys[:, None] * s
-    yy = -xs[None, :] * s + ys[:, None] * c
-    r = np.sqrt(xx * xx + (yy / q) ** 2) / r_e
-    if n == 1:
-        img = np.exp(-_bn(1) * r)
-    else:
-        img = np.exp(-_bn(n) * (r ** (1.0 / n) - 1.0))
-    if arms is not None and arms[1] > 0:
-        m, amp, pitch, phase = arms
-        phi = np.arctan2(yy / q, xx)
-        wind = np.log(np.maximum(r, 1e-3)) / math.tan(math.radians(pitch))
-        img = img * (1.0 + amp * (1.0 - np.exp(-(r / 0.6) ** 2)) * np.cos(m * (phi - wind - phase)))
+
+    def evaluate(xs, ys):
+        c, s = math.cos(theta), math.sin(theta)
+        xx = xs[None, :] * c + ys[:, None] * s
+        yy = -xs[None, :] * s + ys[:, None] * c
+        r = np.sqrt(xx * xx + (yy / q) ** 2) / r_e
+        if n == 1:
+            img = np.exp(-_bn(1) * r)
+        else:
+            img = np.exp(-_bn(n) * (r ** (1.0 / n) - 1.0))
+        if arms is not None and arms[1] > 0:
+            m, amp, pitch, phase = arms
+            phi = np.arctan2(yy / q, xx)
+            wind = np.log(np.maximum(r, 1e-3)) / math.tan(math.radians(pitch))
+            img *= 1.0 + amp * (1.0 - np.exp(-(r / 0.6) ** 2)) * np.cos(m * (phi - wind - phase))
+        return img
+
+    img = evaluate(np.arange(nx) - xc, np.arange(ny) - yc)
     if oversample > 1:
-        img = img.reshape(ny, oversample, nx, oversample).mean(axis=(1, 3))
+        # sub-pixel sampling where the profile curves fast: the central few r_e
+        ix, iy = round(xc), round(yc)
+        c = math.ceil(3.0 * r_e) + 2
+        x0, x1 = max(ix - c, 0), min(ix + c + 1, nx)
+        y0, y1 = max(iy - c, 0), min(iy + c + 1, ny)
+        sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+        xs = (np.arange(x0, x1)[:, None] + sub[None, :]).ravel() - xc
+        ys = (np.arange(y0, y1)[:, None] + sub[None, :]).ravel() - yc
+        fine = evaluate(xs, ys).reshape(y1 - y0, oversample, x1 - x0, oversample).mean(axis=(1, 3))
+        img[y0:y1, x0:x1] = fine
     total = img.sum()
     return img / total if total > 0 else img
 
@@ -234,11 +245,12 @@ def render_frame(galaxies, stars, band, *, wcs, fwhm_arcsec, sky_nmgy, noise_see
             _add_stamp(image, stamp, x0 - rx0, y0 - ry0)
     if len(stars["ra"]):
         x, y = wcs.wcs_world2pix(stars["ra"], stars["dec"], 0)
-        for j in range(len(x)):
-            h = math.ceil(4.0 * fwhm_px) + (8 if stars["mag"][j] < 16 else 0)
+        hs = math.ceil(4.0 * fwhm_px) + np.where(stars["mag"] < 16, 8, 0)
+        sx, sy = np.round(x), np.round(y)
+        near = (sx + hs >= rx0) & (sx - hs < rx1) & (sy + hs >= ry0) & (sy - hs < ry1)
+        for j in np.flatnonzero(near):
+            h = int(hs[j])
             ix, iy = round(x[j]), round(y[j])
-            if ix + h < rx0 or ix - h >= rx1 or iy + h < ry0 or iy - h >= ry1:
-                continue
             flux = 10 ** (-0.4 * (stars["mag"][j] - 22.5))
             k = moffat_kernel(fwhm_px, size=2 * h + 1, center=(x[j] - ix, y[j] - iy))
             _add_stamp(image, flux * k, ix - h - rx0, iy - h - ry0)

@@ -455,20 +455,39 @@ class MockSky:
         ra_g = np.rad2deg(ra_g) % 360.0
         dec_g = np.rad2deg(dec_g)
         shape = dec_g.shape
-        ra_flat, dec_flat = ra_g.ravel(), np.broadcast_to(dec_g, shape).ravel()
+        ra_g = np.broadcast_to(ra_g, shape)
+        # Frame pixel coordinates: TAN to TAN is affine to < 1e-3 px over a cutout, so fit an
+        # affine map on a coarse grid of exact nodes (checked; exact everywhere otherwise).
+        nodes = [np.unique(np.r_[0:n:max(n // 4, 1), n - 1]) for n in shape]
+        node_i, node_j = np.meshgrid(*nodes, indexing="ij")
+        design = np.column_stack([np.ones(node_i.size), node_i.ravel(), node_j.ravel()])
+        sub_ra, sub_dec = ra_g[node_i, node_j].ravel(), dec_g[node_i, node_j].ravel()
+        grid_i = np.arange(shape[0], dtype=float)[:, None]
+        grid_j = np.arange(shape[1], dtype=float)[None, :]
+
+        def frame_pixels(wcs):
+            cx, cy = wcs.wcs_world2pix(sub_ra, sub_dec, 0)
+            (ax, *_), (ay, *_) = (np.linalg.lstsq(design, v, rcond=None) for v in (cx, cy))
+            if max(np.abs(design @ ax - cx).max(), np.abs(design @ ay - cy).max()) > 1e-3:
+                xx, yy = wcs.wcs_world2pix(ra_g.ravel(), dec_g.ravel(), 0)
+                return xx, yy
+            return ((ax[0] + ax[1] * grid_i + ax[2] * grid_j).ravel(),
+                    (ay[0] + ay[1] * grid_i + ay[2] * grid_j).ravel())
+
+        n_points = ra_g.size
         radius = math.hypot(width, height) * f * scale / 3600.0 / 2.0 / f
         fields = self.footprint.fields_near(ra, dec, radius)
         out = []
         for band in bands:
             bi = _band_index(band)
-            acc = np.zeros(ra_flat.shape, dtype=np.float32)
-            filled = np.zeros(ra_flat.shape, dtype=bool)
+            acc = np.zeros(n_points, dtype=np.float32)
+            filled = np.zeros(n_points, dtype=bool)
             for k in fields:
-                wcs = self.footprint.wcs(k, self._offsets[k, bi])
                 todo = np.flatnonzero(~filled)
                 if len(todo) == 0:
                     break
-                x, y = wcs.wcs_world2pix(ra_flat[todo], dec_flat[todo], 0)
+                x, y = frame_pixels(self.footprint.wcs(k, self._offsets[k, bi]))
+                x, y = x[todo], y[todo]
                 inside = (x > -0.5) & (x < NCOL - 0.5) & (y > -0.5) & (y < NROW - 0.5)
                 if not inside.any():
                     continue
