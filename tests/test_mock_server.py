@@ -205,3 +205,11 @@ def test_serve_blocking_entry_point():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_url_prefix_identifies_the_sky():
+    """Different skies get different URL prefixes, so URL-keyed caches never mix them."""
+    a, b = MockSDSS(n_galaxies=5, seed=1), MockSDSS(n_galaxies=5, seed=1)
+    c, d = MockSDSS(n_galaxies=5, seed=2), MockSDSS(n_galaxies=5, seed=1, galaxies_per_field=2)
+    assert a.token == b.token
+    assert len({a.token, c.token, d.token}) == 3

@@ -409,10 +409,16 @@ class MockSDSS:
         self.port_requested = port
         self.server = None
         self._stack = None
-        key = json.dumps([len(self.sky.catalog), self.sky.seed, repr(sorted(sky_kwargs.items())),
-                          asdict(self.faults) if self.faults else None,
-                          time.time_ns() if self.faults else 0], default=str)
-        self.token = hashlib.sha1(key.encode()).hexdigest()[:12]
+        # The URL prefix identifies the sky's content, so caches keyed by URL (astroquery's,
+        # astropy's, this package's) never serve one sky's answers for another.
+        digest = hashlib.sha1()
+        cat = self.sky.catalog
+        for name in ("objid", "ra", "dec", "oh_p50", "modelMag_r", "petroR90_r"):
+            digest.update(np.ascontiguousarray(getattr(cat[name], "value", cat[name])).tobytes())
+        digest.update(json.dumps([self.sky.seed, self.sky.noise, len(self.sky.stars["ra"]),
+                                  asdict(self.faults) if self.faults else None,
+                                  time.time_ns() if self.faults else 0], default=str).encode())
+        self.token = digest.hexdigest()[:12]
 
     @property
     def catalog(self):
