@@ -452,20 +452,51 @@ def query_fields(ra_min, ra_max, dec_min, dec_max):
     FetchError
         If the query fails after retries.
     """
+    from astropy.table import Table, unique, vstack
+
+    names = ["run", "rerun", "camcol", "field", "raMin", "raMax", "decMin", "decMax"]
+    empty = Table(names=names, dtype=[int] * 4 + [float] * 4)
+    if ra_max - ra_min >= 360.0:
+        ra_min, ra_max = 0.0, 360.0
+    # Near RA = 0/360 a field may be stored with limits on either side (raMin
+    # slightly negative, or above 360 - epsilon): ask for the box in both
+    # conventions and merge.
+    boxes = [(ra_min, ra_max)]
+    if ra_min < 1.0:
+        boxes.append((ra_min + 360.0, ra_max + 360.0))
+    if ra_max > 359.0:
+        boxes.append((ra_min - 360.0, ra_max - 360.0))
+    if len(boxes) > 1:
+        parts = [_query_fields_box(lo, hi, dec_min, dec_max, names, empty) for lo, hi in boxes]
+        parts = [t for t in parts if len(t)]
+        if not parts:
+            return empty
+        return unique(vstack(parts), keys=["run", "rerun", "camcol", "field"])
+    return _query_fields_box(ra_min, ra_max, dec_min, dec_max, names, empty)
+
+
+def _query_fields_box(ra_min, ra_max, dec_min, dec_max, names, empty):
     from astropy.table import Table
 
     sql = FIELD_SQL.format(ra1=f"{ra_min:.6f}", ra2=f"{ra_max:.6f}",
                            dec1=f"{dec_min:.6f}", dec2=f"{dec_max:.6f}")
     result = _query_sql(sql)
-    names = ["run", "rerun", "camcol", "field", "raMin", "raMax", "decMin", "decMax"]
     if result is None:
-        return Table(names=names, dtype=[int] * 4 + [float] * 4)
+        return empty
     lower = {n.lower(): n for n in result.colnames}
     missing = [n for n in names if n.lower() not in lower]
     if missing:
         msg = f"Field query answered without columns {missing}"
         raise FetchError(msg)
     return Table([np.asarray(result[lower[n.lower()]]) for n in names], names=names)
+
+
+def _ra_interval(table, ref):
+    """Field RA limits as offsets (deg) from ``ref``, continuous across RA = 0/360."""
+    lo = (np.asarray(table["raMin"], float) - ref + 180.0) % 360.0 - 180.0
+    hi = (np.asarray(table["raMax"], float) - ref + 180.0) % 360.0 - 180.0
+    hi = np.where(hi < lo, hi + 360.0, hi)
+    return lo, hi
 
 
 def _half_width_deg(scale_arcsec, size):
@@ -494,9 +525,11 @@ def _frame_covers(header, points):
 
 
 def _box_covers(row, points):
-    ra = points.ra.deg
+    ref = float(row["raMin"])
+    lo, hi = _ra_interval({"raMin": [row["raMin"]], "raMax": [row["raMax"]]}, ref)
+    dra = (points.ra.deg - ref + 180.0) % 360.0 - 180.0
     dec = points.dec.deg
-    return ((ra >= row["raMin"]) & (ra <= row["raMax"])
+    return ((dra >= lo[0]) & (dra <= hi[0])
             & (dec >= row["decMin"]) & (dec <= row["decMax"]))
 
 
@@ -606,7 +639,8 @@ def in_footprint(coords):
         table = query_fields(*boxes[key])
         for i in idx:
             ra, dec = coords[i].ra.deg, coords[i].dec.deg
-            inside[i] = bool(np.any((table["raMin"] <= ra) & (table["raMax"] >= ra)
+            lo, hi = _ra_interval(table, ra)
+            inside[i] = bool(np.any((lo <= 0) & (hi >= 0)
                                     & (table["decMin"] <= dec) & (table["decMax"] >= dec)))
     return inside
 
@@ -682,7 +716,8 @@ def fetch_frame_cutouts(coords, scales, size, *, stretch=None, progress=False):
                 continue
             ra, dec, h = coords[i].ra.deg, coords[i].dec.deg, half[i]
             cosd = max(np.cos(np.deg2rad(abs(dec) + h)), 1e-3)
-            sel = ((table["raMax"] > ra - h / cosd) & (table["raMin"] < ra + h / cosd)
+            lo, hi = _ra_interval(table, ra)
+            sel = ((hi > -h / cosd) & (lo < h / cosd)
                    & (table["decMax"] > dec - h) & (table["decMin"] < dec + h))
             target_fields[i] = table[sel]
 

@@ -223,3 +223,17 @@ def test_timeouts_and_dead_servers_become_flags():
         result = make_cutouts(coords, source="jpeg", scale=SCALE, size=32)
     assert all(f.startswith("fetch_failed: connection error") for f in result.flags)
     assert not result.images.any()
+
+
+def test_frames_route_across_ra_zero():
+    """A field straddling RA = 0 serves targets on both sides of it."""
+    with MockSDSS(n_galaxies=10, seed=4, galaxies_per_field=10, ra0=0.0) as sdss:
+        ra = sdss.catalog["ra"].to_value(u.deg) % 360.0
+        west, east = np.flatnonzero(ra > 180)[:2], np.flatnonzero(ra < 180)[:2]
+        assert len(west) and len(east)
+        idx = np.concatenate([west, east])
+        coords = SkyCoord(ra[idx] * u.deg, sdss.catalog["dec"][idx])
+        result = make_cutouts(coords, source="frames", scale=SCALE, size=32)
+        downloads = _frame_downloads(sdss.requests)
+    assert list(result.flags) == [""] * len(idx)
+    assert len(downloads) == 3  # one field, g, r and i
