@@ -336,21 +336,18 @@ def _cmd_mock_sdss(args):
     return serve(port=args.port, n_galaxies=args.galaxies, seed=args.seed) or 0
 
 
-def _cmd_delegate(name, args):
+def _cmd_delegate(name, argv):
+    """Run ``astro_metallicity.train.cli.<name>(argv)`` (train or evaluate)."""
     import importlib
 
     try:
         module = importlib.import_module("astro_metallicity.train.cli")
-    except ImportError:
-        module = None
-    func = getattr(module, name, None) or getattr(module, "main", None) if module else None
+    except ImportError as exc:
+        raise SystemExit(f"astro-metallicity {name}: not available ({exc})") from None
+    func = getattr(module, name, None)
     if func is None:
-        raise SystemExit(f"astro-metallicity {name}: not available (astro_metallicity.train.cli "
-                         f"has no {name}() or main())")
-    argv = list(args.args)
-    if getattr(func, "__name__", "") == "main":
-        argv = [name] + argv
-    return func(argv) or 0
+        raise SystemExit(f"astro-metallicity {name}: astro_metallicity.train.cli has no {name}()")
+    return func(list(argv)) or 0
 
 
 def main(argv=None):
@@ -366,8 +363,30 @@ def main(argv=None):
     status : int
         Exit status (0 on success).
     """
+    from .logger import log
+
+    level = log.level
+    try:
+        return _main(argv)
+    except (FileNotFoundError, ValueError, TypeError) as exc:  # usage errors: no traceback
+        print(f"astro-metallicity: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        log.setLevel(level)  # -v lasts for this command only
+
+
+def _main(argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # train/evaluate own their options (astro_metallicity.train.cli): hand them over untouched
+    first = next((k for k, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] in ("train", "evaluate"):
+        if "-v" in argv[:first] or "--verbose" in argv[:first]:
+            from .logger import log
+
+            log.setLevel("DEBUG")
+        return _cmd_delegate(argv[first], argv[first + 1:])
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     if args.verbose:
         from .logger import log
 
@@ -381,7 +400,7 @@ def main(argv=None):
         return _cmd_demo(args)
     if args.command == "mock-sdss":
         return _cmd_mock_sdss(args)
-    return _cmd_delegate(args.command, args)
+    return _cmd_delegate(args.command, args.args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -55,7 +55,7 @@ def test_predict_ra_dec_prints_table(sdss, pipeline_model, capsys):
     assert "metallicity" in out and "dex" in out
 
 
-def test_predict_refuses_to_overwrite_and_bad_arguments(tmp_path, pipeline_model):
+def test_predict_refuses_to_overwrite_and_bad_arguments(tmp_path, pipeline_model, capsys):
     out = tmp_path / "out.ecsv"
     out.write_text("keep me")
     with pytest.raises(SystemExit, match="exists; use --overwrite"):
@@ -65,8 +65,8 @@ def test_predict_refuses_to_overwrite_and_bad_arguments(tmp_path, pipeline_model
         main(["predict", "--model", str(pipeline_model)])
     with pytest.raises(SystemExit, match="same number of values"):
         main(["predict", "--ra", "1", "2", "--dec", "3", "--model", str(pipeline_model)])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["predict", str(tmp_path / "nope.ecsv"), "--model", str(pipeline_model)])
+    assert main(["predict", str(tmp_path / "nope.ecsv"), "--model", str(pipeline_model)]) == 2
+    assert "nope.ecsv does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["predict", "--scale", "-1"])
 
@@ -105,3 +105,18 @@ def test_demo_sample_is_fixed_and_flags_two_rows(sdss):
 def test_no_command_prints_help(capsys):
     assert main([]) == 1
     assert "predict" in capsys.readouterr().out
+
+
+def test_train_and_evaluate_are_delegated(monkeypatch):
+    import astro_metallicity.train.cli as train_cli
+
+    calls = []
+    monkeypatch.setattr(train_cli, "train", lambda argv: calls.append(("train", argv)) or 0)
+    monkeypatch.setattr(train_cli, "evaluate", lambda argv: calls.append(("evaluate", argv)) or 0)
+    assert main(["train", "--images", "x", "--epochs", "2"]) == 0
+    assert main(["-v", "evaluate", "--model", "m.pt"]) == 0
+    assert calls == [("train", ["--images", "x", "--epochs", "2"]),
+                     ("evaluate", ["--model", "m.pt"])]
+    from astro_metallicity import log
+
+    assert log.level != 10  # -v (DEBUG) did not outlive the command
