@@ -120,3 +120,12 @@ def test_train_and_evaluate_are_delegated(monkeypatch):
     from astro_metallicity import log
 
     assert log.level != 10  # -v (DEBUG) did not outlive the command
+
+
+def test_mock_sdss_command_calls_serve(monkeypatch):
+    import astro_metallicity.mock as mock
+
+    seen = {}
+    monkeypatch.setattr(mock, "serve", lambda **kwargs: seen.update(kwargs))
+    assert main(["mock-sdss", "--port", "8123", "--galaxies", "50", "--seed", "4"]) == 0
+    assert seen == {"port": 8123, "n_galaxies": 50, "seed": 4}
