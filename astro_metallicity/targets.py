@@ -80,7 +80,7 @@ def _find_coord_columns(table):
     return None
 
 
-def _column_to_degrees(col, name):
+def _column_to_degrees(col, name, is_ra=False):
     """Convert a column (plain, Quantity, masked) to float degrees with NaN for missing."""
     mask = np.zeros(len(col), dtype=bool)
     if hasattr(col, "mask") and col.mask is not None:
@@ -98,7 +98,7 @@ def _column_to_degrees(col, name):
     else:
         data = np.ma.getdata(col)
         if data.dtype.kind in "US" or data.dtype.kind == "O":
-            values = np.array([_parse_float(v) for v in data], dtype=float)
+            values = np.array([_parse_angle(v, is_ra) for v in data], dtype=float)
         elif data.dtype.kind in "fiub":
             values = np.asarray(data, dtype=float)
         else:
@@ -110,11 +110,23 @@ def _column_to_degrees(col, name):
     return values
 
 
-def _parse_float(value):
+def _parse_angle(value, is_ra):
+    """Degrees from a number or a sexagesimal string ('10:21:03.5', '10h21m03.5s', '-1d02m')."""
+    from astropy.coordinates import Angle
+
     try:
         return float(value)
     except (TypeError, ValueError):
+        pass
+    text = str(value).strip()
+    if not text:
         return np.nan
+    sexagesimal_ra = is_ra and ("h" in text.lower() or text.count(":") == 2 or text.count(" ") == 2)
+    try:
+        angle = Angle(text, unit=u.hourangle if sexagesimal_ra else u.deg)
+    except (TypeError, ValueError, u.UnitsError):
+        return np.nan
+    return float(angle.to_value(u.deg))
 
 
 def _flags_from_radec(ra, dec):
@@ -138,7 +150,9 @@ def resolve_targets(targets):
         (case-insensitive) are listed in `RA_DEC_NAMES` (``ra``/``dec``,
         ``RA``/``DEC``, ``ra_deg``/``dec_deg``, ``RAJ2000``/``DEJ2000``, ...).
         Plain numbers are taken as degrees; Quantity columns may carry any
-        angular unit. Coordinates are treated as ICRS.
+        angular unit; text columns may hold numbers or sexagesimal strings
+        (right ascension in hours, ``'10:21:03.5'``, ``'10h21m03.5s'``;
+        declination in degrees). Coordinates are treated as ICRS.
 
     Returns
     -------
@@ -180,7 +194,7 @@ def resolve_targets(targets):
             ra = np.array(icrs.ra.deg, dtype=float)
             dec = np.array(icrs.dec.deg, dtype=float)
         else:
-            ra = _column_to_degrees(table[names[0]], names[0])
+            ra = _column_to_degrees(table[names[0]], names[0], is_ra=True)
             dec = _column_to_degrees(table[names[1]], names[1])
     else:
         msg = (f"targets must be an astropy SkyCoord or Table/QTable, got {type(targets).__name__}; "

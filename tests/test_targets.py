@@ -77,10 +77,12 @@ def test_negative_ra_wraps():
     assert res.good.all()
 
 
-def test_string_numbers_are_parsed():
-    res = resolve_targets(Table({"ra": ["12.5", "oops"], "dec": ["1", "2"]}))
-    assert res.coords[0].ra.deg == pytest.approx(12.5)
-    assert list(res.good) == [True, False]
+def test_string_numbers_and_sexagesimal_are_parsed():
+    res = resolve_targets(Table({"ra": ["12.5", "oops", "10:30:00", "1h00m00s", ""],
+                                 "dec": ["1", "2", "-01:30:00", "+2d30m", "3"]}))
+    np.testing.assert_allclose(res.coords.ra.deg[[0, 2, 3]], [12.5, 157.5, 15.0])
+    np.testing.assert_allclose(res.coords.dec.deg[[0, 2, 3]], [1.0, -1.5, 2.5])
+    assert list(res.good) == [True, False, True, True, False]
 
 
 def test_table_without_coordinates_raises():
