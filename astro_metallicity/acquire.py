@@ -578,7 +578,13 @@ def frames_for_target(center, scale, size, candidates):
         tried.add(best)
         row = candidates[best]
         ident = (int(row["run"]), int(row["camcol"]), int(row["field"]), int(row["rerun"]))
-        _, header = load_frame(ident[0], ident[1], ident[2], "r", rerun=ident[3])
+        try:
+            _, header = load_frame(ident[0], ident[1], ident[2], "r", rerun=ident[3])
+        except FetchError as exc:
+            if exc.reason.startswith("HTTP 404"):  # listed but not on the SAS: try the others
+                log.debug(f"frame {ident} not found on the SAS; skipping it")
+                continue
+            raise
         covers = _frame_covers(header, points)
         if np.any(covers & uncovered):
             chosen.append(ident)

@@ -417,7 +417,8 @@ def make_cutouts(coords, *, source=None, scale="adaptive", size=128, stretch=Non
         Default ``conf.cutout_source``.
     scale : 'adaptive' or `~astropy.units.Quantity`
         ``'adaptive'`` (the paper's convention, see `adaptive_scale`; looks
-        petroR90_r up by position), a scalar pixel scale (arcsec/pix), or
+        petroR90_r up by position), a scalar pixel scale (arcsec/pix, also as
+        text such as ``'0.4 arcsec / pix'``), or
         one scale per target (e.g. computed from a catalogue's petroR90_r,
         which saves the look-up).
     size : int
@@ -458,10 +459,13 @@ def make_cutouts(coords, *, source=None, scale="adaptive", size=128, stretch=Non
 
     # Pixel scales
     scales = np.full(n, np.nan)
-    if isinstance(scale, str):
-        if scale != "adaptive":
+    if isinstance(scale, str) and scale != "adaptive":
+        try:
+            scale = u.Quantity(scale)  # e.g. '0.4 arcsec / pix'
+        except (TypeError, ValueError):
             msg = f"scale must be 'adaptive' or an angle per pixel (Quantity), got {scale!r}"
-            raise ValueError(msg)
+            raise ValueError(msg) from None
+    if isinstance(scale, str):
         r90, r90_flags = acquire.lookup_petro_r90(resolved.coords[good])
         idx = np.flatnonzero(good)
         scales[idx] = adaptive_scale(r90, size=size).value

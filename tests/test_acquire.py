@@ -237,3 +237,58 @@ def test_frames_route_across_ra_zero():
         downloads = _frame_downloads(sdss.requests)
     assert list(result.flags) == [""] * len(idx)
     assert len(downloads) == 3  # one field, g, r and i
+
+
+_CHILD = """
+import sys
+import astroquery.sdss
+from astropy.coordinates import SkyCoord
+from astro_metallicity import conf
+from astro_metallicity.preprocess import make_cutouts
+url, cache = sys.argv[1], sys.argv[2]
+ra = [float(x) for x in sys.argv[3].split(",")]
+dec = [float(x) for x in sys.argv[4].split(",")]
+for c in (conf, astroquery.sdss.conf):
+    c.skyserver_baseurl = url
+    c.sas_baseurl = url + "/sas"
+conf.cache_dir = cache
+conf.max_workers = 1
+make_cutouts(SkyCoord(ra, dec, unit="deg"), source="frames", scale="0.5 arcsec/pix", size=32)
+"""
+
+
+def test_rerun_after_killed_process_reuses_its_downloads(tmp_path):
+    """Kill a real run (SIGKILL) in the middle of its downloads, then rerun."""
+    import subprocess
+    import sys
+    import time
+
+    with MockSDSS(n_galaxies=60, seed=11, galaxies_per_field=20,
+                  faults={"latency": 0.3, "match": "photoObj"}) as sdss:
+        cat = sdss.catalog
+        idx = [int(np.flatnonzero(np.asarray(cat["camcol"]) == c)[0]) for c in (1, 3)]
+        ra = ",".join(f"{v:.7f}" for v in cat["ra"][idx].to_value(u.deg))
+        dec = ",".join(f"{v:.7f}" for v in cat["dec"][idx].to_value(u.deg))
+        cache = acquire.cache_dir()
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, sdss.url, str(cache), ra, dec])
+        try:
+            deadline = time.monotonic() + 120
+            while len(_frame_downloads(sdss.requests)) < 3 and time.monotonic() < deadline:
+                assert child.poll() is None, "the run ended before it could be killed"
+                time.sleep(0.05)
+        finally:
+            child.kill()
+            child.wait()
+        killed_run = set(_frame_downloads(sdss.requests))
+        assert 3 <= len(killed_run) < 6
+        complete = {p.name for p in cache.rglob("frame-*.fits.bz2")}
+        for path in cache.rglob("frame-*.fits.bz2"):  # final names only for complete files
+            acquire._parse_frame(path.read_bytes())
+        assert complete
+        before = len(sdss.requests)
+        result = make_cutouts(SkyCoord(cat["ra"][idx], cat["dec"][idx]), source="frames",
+                              scale=SCALE, size=32)
+        rerun = set(_frame_downloads(sdss.requests[before:]))
+    assert list(result.flags) == [""] * 2
+    assert not any(path.rsplit("/", 1)[1] in complete for path in rerun)
+    assert len(rerun) + len(complete) == 6  # every frame fetched exactly once overall
