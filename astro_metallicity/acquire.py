@@ -6,7 +6,8 @@ retries with exponential backoff:
 ``frames``
     Locate the fields around each target with the SkyServer SQL search
     (`astroquery.sdss.SDSS.query_sql`, one query per group of nearby
-    targets, on the ``Field`` table), download the g, r, i corrected frames
+    targets, on the ``Field`` table; or the same query as ADQL through a
+    `pyvo` TAP service when ``conf.tap_url`` is set, see `tap_url`), download the g, r, i corrected frames
     from the SAS (URLs from astroquery's ``SDSS.IMAGING_URL_SUFFIX``) into the
     cache (each frame once, shared by all targets), and hand them to
     `astro_metallicity.preprocess.make_cutout`.
@@ -69,6 +70,7 @@ __all__ = [
     "load_frame",
     "lookup_petro_r90",
     "query_fields",
+    "tap_url",
 ]
 
 #: SQL used to find the fields around a position (SkyServer ``Field`` table).
@@ -475,13 +477,49 @@ def query_fields(ra_min, ra_max, dec_min, dec_max):
     return _query_fields_box(ra_min, ra_max, dec_min, dec_max, names, empty)
 
 
+def tap_url():
+    """TAP service used to locate fields, or ``''`` for the SkyServer SQL search.
+
+    Read from ``conf.tap_url`` when the configuration has that item (empty by
+    default). With a TAP URL the ``Field`` look-up runs as ADQL through
+    `pyvo.dal.TAPService` (synchronous queries), which suits services that
+    offer TAP rather than SkyServer's SQL search (e.g. mirrors, a CasJobs TAP
+    front end); everything else is unchanged.
+
+    Returns
+    -------
+    url : str
+    """
+    return str(getattr(conf, "tap_url", "") or "")
+
+
+def _query_tap(url, adql):
+    """Run ADQL on a TAP service with pyvo, with retries; returns a Table."""
+    import pyvo
+
+    def attempt():
+        service = pyvo.dal.TAPService(url, session=_session())
+        try:
+            return service.run_sync(adql).to_table()
+        except pyvo.dal.DALQueryError as exc:
+            raise FetchError(f"TAP query failed: {exc}") from exc
+        except pyvo.dal.DALServiceError as exc:
+            status = exc.code
+            if status is not None and 400 <= status < 500 and status not in _RETRY_STATUS:
+                raise FetchError(f"TAP HTTP {status}") from exc
+            raise _Retryable(f"TAP service error ({exc})") from exc
+
+    return _with_retries(attempt, "TAP query")
+
+
 def _query_fields_box(ra_min, ra_max, dec_min, dec_max, names, empty):
     from astropy.table import Table
 
     sql = FIELD_SQL.format(ra1=f"{ra_min:.6f}", ra2=f"{ra_max:.6f}",
                            dec1=f"{dec_min:.6f}", dec2=f"{dec_max:.6f}")
-    result = _query_sql(sql)
-    if result is None:
+    url = tap_url()
+    result = _query_tap(url, sql) if url else _query_sql(sql)  # the SQL is valid ADQL
+    if result is None or len(result) == 0:
         return empty
     lower = {n.lower(): n for n in result.colnames}
     missing = [n for n in names if n.lower() not in lower]

@@ -292,3 +292,58 @@ def test_rerun_after_killed_process_reuses_its_downloads(tmp_path):
     assert list(result.flags) == [""] * 2
     assert not any(path.rsplit("/", 1)[1] in complete for path in rerun)
     assert len(rerun) + len(complete) == 6  # every frame fetched exactly once overall
+
+
+def test_field_lookup_through_pyvo_tap(sdss, monkeypatch):
+    """With a TAP URL the Field query goes through pyvo (a minimal TAP /sync in front of the mock)."""
+    import io
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs
+
+    from astropy.io.votable import from_table
+    from astropy.table import Table
+
+    from astro_metallicity.mock.sql import execute_sql
+
+    queries, fail = [], {"left": 1}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            params = {k: v[0] for k, v in parse_qs(body).items()}
+            queries.append(params)
+            if fail["left"]:  # the first request meets a server error and is retried
+                fail["left"] -= 1
+                self.send_response(503)
+                self.end_headers()
+                return
+            names, columns = execute_sql(sdss.sky, params["QUERY"])
+            buf = io.BytesIO()
+            from_table(Table(list(columns), names=names)).to_xml(buf)
+            payload = buf.getvalue()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-votable+xml")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(acquire, "tap_url", lambda: f"http://127.0.0.1:{server.server_port}/tap")
+        coords, idx = _galaxies(sdss, 2)
+        c, i = coords[0], idx[0]
+        fields = acquire.query_fields(c.ra.deg - 0.001, c.ra.deg + 0.001,
+                                      c.dec.deg - 0.001, c.dec.deg + 0.001)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(queries) == 2 and queries[-1]["LANG"] == "ADQL"
+    assert queries[-1]["QUERY"].startswith("SELECT run, rerun, camcol, field")
+    pairs = {(int(r["camcol"]), int(r["field"])) for r in fields}
+    assert (int(sdss.catalog["camcol"][i]), int(sdss.catalog["field"][i])) in pairs
