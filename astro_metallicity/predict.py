@@ -130,6 +130,9 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         msg = f"source must be 'frames' or 'jpeg', got {source!r}"
         raise ValueError(msg)
     cutout_scale = _model_scale(model, scale)
+    if scale is not None and str(model.pixel_scale) != str(scale):
+        log.warning(f"scale={scale} differs from the convention the model was trained with "
+                    f"({model.pixel_scale!r}); predictions may be biased")
     size = model.cutout_size
     n = len(resolved)
     if progress is None:
