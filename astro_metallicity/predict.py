@@ -21,6 +21,7 @@ from .logger import log
 __all__ = ["predict_metallicity", "predict_metallicity_from_images"]
 
 _PROGRESS_MIN_ROWS = 50
+_CHUNK = 2048  # targets whose cutouts are held in memory at once
 
 
 def _get_model(model, device):
@@ -139,22 +140,41 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         progress = n >= _PROGRESS_MIN_ROWS
     flags = np.array(resolved.flags, dtype=object)
     good = flags == ""
-    images = np.zeros((n, size, size, 3), dtype=np.uint8)
+    # Long tables run in chunks so that only one chunk of cutouts is in memory
+    # (unless the caller asks for all of them).
+    images = np.zeros((n if return_cutouts else 0, size, size, 3), dtype=np.uint8)
     scales = np.full(n, np.nan)
+    predictions = {}
+    for name in model.outputs:
+        predictions[name] = np.full(n, np.nan)
+        predictions[f"{name}_err"] = np.full(n, np.nan)
     idx = np.flatnonzero(good)
     log.info(f"predicting metallicity for {n} targets ({n - idx.size} with bad coordinates) "
              f"from {source!r} cutouts")
-    if idx.size:
+    chunks = [idx[k:k + _CHUNK] for k in range(0, idx.size, _CHUNK)]
+    bar, done = None, 0
+    if progress and len(chunks) > 1:
+        from astropy.utils.console import ProgressBar
+
+        bar = ProgressBar(idx.size, ipython_widget=False)
+    for chunk in chunks:
         scale_arg = cutout_scale
         if not isinstance(cutout_scale, str) and np.ndim(cutout_scale) == 1:
-            scale_arg = cutout_scale[idx]
-        cut = make_cutouts(resolved.coords[idx], source=source, scale=scale_arg, size=size,
-                           stretch=model.stretch, progress=progress)
-        images[idx] = cut.images
-        flags[idx] = cut.flags
-        scales[idx] = cut.scales.to_value(u.arcsec / u.pix)
+            scale_arg = cutout_scale[chunk]
+        cut = make_cutouts(resolved.coords[chunk], source=source, scale=scale_arg, size=size,
+                           stretch=model.stretch, progress=progress and bar is None)
+        flags[chunk] = cut.flags
+        scales[chunk] = cut.scales.to_value(u.arcsec / u.pix)
+        ok = np.asarray(cut.flags) == ""
+        out = _run_model(model, cut.images, ok)
+        for key, values in out.items():
+            predictions[key][chunk] = values
+        if return_cutouts:
+            images[chunk] = cut.images
+        done += len(chunk)
+        if bar is not None:
+            bar.update(done)
     good = flags == ""
-    predictions = _run_model(model, images, good)
     meta = result_meta(model=model, source=source, data_release=conf.data_release,
                        scale=cutout_scale if isinstance(cutout_scale, str) or
                        np.ndim(cutout_scale) == 0 else "per target")

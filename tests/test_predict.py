@@ -155,3 +155,19 @@ def test_predict_real_sdss_jpegs(shared_data, model):
     result = predict_metallicity_from_images(files, model=model)
     assert len(result) == 5 and np.all(result["flag"] == "")
     assert result["metallicity"].unit == u.dex
+
+
+def test_long_tables_run_in_chunks_with_identical_results(sdss, model, monkeypatch):
+    from astro_metallicity import predict
+
+    table, _ = _targets_table(sdss, n=5)
+    whole = predict_metallicity(table, source="jpeg", model=model)
+    monkeypatch.setattr(predict, "_CHUNK", 2)
+    chunked, cutouts = predict_metallicity(table, source="jpeg", model=model,
+                                           return_cutouts=True, progress=True)
+    assert list(chunked["flag"]) == list(whole["flag"])
+    z1, m1 = _masked_values(whole["metallicity"])
+    z2, m2 = _masked_values(chunked["metallicity"])
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_allclose(z2[~m2], z1[~m1], rtol=1e-6)
+    assert cutouts.images[:5].any(axis=(1, 2, 3)).all()
