@@ -347,3 +347,25 @@ def test_field_lookup_through_pyvo_tap(sdss, monkeypatch):
     assert queries[-1]["QUERY"].startswith("SELECT run, rerun, camcol, field")
     pairs = {(int(r["camcol"]), int(r["field"])) for r in fields}
     assert (int(sdss.catalog["camcol"][i]), int(sdss.catalog["field"][i])) in pairs
+
+
+def test_timeouts_are_retried_and_survived(sdss, monkeypatch):
+    """The first request of every URL times out (injected client-side); retries succeed."""
+    import requests
+
+    real_get = acquire._get
+    seen = Counter()
+
+    def flaky_get(url, params=None):
+        key = (url, tuple(sorted((params or {}).items())))
+        seen[key] += 1
+        if seen[key] == 1:
+            raise requests.Timeout("injected timeout")
+        return real_get(url, params)
+
+    monkeypatch.setattr(acquire, "_get", flaky_get)
+    coords, _ = _galaxies(sdss, 2, camcol=3)
+    jpeg = make_cutouts(coords, source="jpeg", scale=SCALE, size=32)
+    frames = make_cutouts(coords, source="frames", scale=SCALE, size=32)
+    assert list(jpeg.flags) == list(frames.flags) == ["", ""]
+    assert seen and set(seen.values()) == {2}  # each URL: one timeout, one success
