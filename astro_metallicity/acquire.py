@@ -180,7 +180,9 @@ def _get(url, params=None):
             raise FetchError(f"HTTP {status}")
         content = response.content
         expected = response.headers.get("Content-Length")
-        if expected is not None and expected.isdigit() and int(expected) != len(content):
+        encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+        if (not encoded and expected is not None and expected.isdigit()
+                and int(expected) != len(content)):
             raise _Retryable(f"truncated ({len(content)} of {expected} bytes)")
         return content
     finally:
@@ -201,6 +203,13 @@ def _lock_for(key):
 
 def _atomic_write(path, content):
     path.parent.mkdir(parents=True, exist_ok=True)
+    # temporary files left by killed runs (older than an hour) go
+    for stale in path.parent.glob(path.name + ".*.part"):
+        try:
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
+        except OSError:
+            pass
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
