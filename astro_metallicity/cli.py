@@ -28,6 +28,7 @@ __all__ = ["build_parser", "main"]
 _DEMO_SEED = 2026  # never used to simulate training data
 _DEMO_GALAXIES = 500
 _DEMO_TARGETS = 20
+_MONTAGE_MAX = 60  # cutouts shown in a --montage (the first rows)
 
 
 def _scale_arg(text):
@@ -76,7 +77,7 @@ def build_parser():
     p.add_argument("-o", "--output", help="output table (.ecsv, .csv, .fits); default: print")
     p.add_argument("--format", default=None, help="astropy format of the input table, if unusual")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--montage", help="also save a PNG montage of the cutouts here")
+    p.add_argument("--montage", help="also save a PNG montage of the cutouts (first 60 rows)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     d = sub.add_parser("demo", parents=[common], help="offline demo on the simulated sky",
@@ -215,8 +216,9 @@ def _cmd_predict(args):
         labels = [f"{v:.2f}" if f == "" else f[:20]
                   for v, f in zip(np.ma.filled(_plain(result["metallicity"]), np.nan),
                                   result["flag"])]
-        save_montage(cutouts.images, labels, args.montage)
-        print(f"saved cutout montage to {args.montage}")
+        shown = min(len(labels), _MONTAGE_MAX)
+        save_montage(cutouts.images[:shown], labels[:shown], args.montage)
+        print(f"saved a montage of {shown} cutouts to {args.montage}")
     return 0
 
 
