@@ -123,7 +123,7 @@ def test_train_and_evaluate_are_delegated(monkeypatch):
 
 
 def test_mock_sdss_command_calls_serve(monkeypatch):
-    import astro_metallicity.mock as mock
+    from astro_metallicity import mock
 
     seen = {}
     monkeypatch.setattr(mock, "serve", lambda **kwargs: seen.update(kwargs))
