@@ -21,6 +21,11 @@ class Conf(_config.ConfigNamespace):
         "https://data.sdss.org/sas",
         "Base URL of the SDSS Science Archive Server (corrected frames).",
     )
+    tap_url = _config.ConfigItem(
+        "",
+        "Optional TAP service (pyvo) used to find the SDSS fields that contain a position, "
+        "e.g. https://datalab.noirlab.edu/tap; empty means the SkyServer SQL search.",
+    )
     data_release = _config.ConfigItem(17, "SDSS data release to query.", cfgtype="integer")
     cutout_source = _config.ConfigItem(
         ["frames", "jpeg"],

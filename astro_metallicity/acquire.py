@@ -499,7 +499,7 @@ def tap_url():
     -------
     url : str
     """
-    return str(getattr(conf, "tap_url", "") or "")
+    return str(conf.tap_url or "")
 
 
 def _query_tap(url, adql):

@@ -67,7 +67,9 @@ def gri_composite(g, r, i, *, band_scales=None, q=None, stretch=None):
     scaled = [np.nan_to_num(band, nan=0.0, posinf=0.0, neginf=0.0) * scale
               for band, scale in zip((g, r, i), band_scales)]
     blue, green, red = scaled
-    return make_lupton_rgb(red, green, blue, minimum=0.0, stretch=stretch, Q=q)
+    # make_lupton_rgb divides by the summed intensity, which is 0 off the footprint
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return make_lupton_rgb(red, green, blue, minimum=0.0, stretch=stretch, Q=q)
 
 
 # ---------------------------------------------------------------------------
