@@ -208,3 +208,30 @@ def test_region_render_is_identical_to_frame(sky):
     b = fresh.cutout(c["ra"][0].value, c["dec"][0].value, 0.25, 40, 30)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert a[0].shape == (30, 40)
+
+
+def test_cutout_across_ra_zero():
+    """A sky straddling RA 0/360 (Field raMin < 0) still yields cutouts of galaxies at RA ~ 359.9."""
+    sky = MockSky(30, seed=23, stars_per_field=0, noise=False, ra0=0.0)
+    c = sky.catalog
+    assert sky.field_table()["raMin"].min() < 0
+    ra = c["ra"].to_value(u.deg)
+    assert np.all((ra >= 0) & (ra < 360))
+    checked = 0
+    for j in np.flatnonzero(ra > 180)[:2]:
+        r = sky.cutout(ra[j], c["dec"][j].value, 0.396, 41, 41, bands="r")[0]
+        # the galaxy is at the centre: the central pixel is well above zero, and the
+        # summed flux is a sizeable part of the catalogue flux
+        assert r[20, 20] > 0
+        expected = 10 ** (-0.4 * (c["modelMag_r"][j].value - 22.5))
+        assert 0.2 * expected < r.sum() <= 1.01 * expected
+        # the same position written as a negative RA gives the same pixels
+        np.testing.assert_array_equal(sky.cutout(ra[j] - 360.0, c["dec"][j].value, 0.396, 41, 41, bands="r")[0], r)
+        jpeg = sky.cutout_jpeg(ra[j], c["dec"][j].value, scale=0.396, width=41, height=41)
+        from io import BytesIO
+
+        from PIL import Image
+
+        assert np.asarray(Image.open(BytesIO(jpeg))).max() > 30
+        checked += 1
+    assert checked == 2

@@ -5,6 +5,7 @@ import pytest
 from astropy import units as u
 
 from astro_metallicity.mock import MAIN_SAMPLE_RLIM, simulate_galaxies, tremonti_mzr
+from astro_metallicity.mock.population import DUST_K, ccm89_ratio, slab_attenuation
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +95,97 @@ def test_invalid_arguments():
         simulate_galaxies(0)
     with pytest.raises(ValueError, match="galaxies_per_field must be positive"):
         simulate_galaxies(10, galaxies_per_field=0)
+    with pytest.raises(ValueError, match="dust_tau0 must be"):
+        simulate_galaxies(10, dust_tau0=-1.0)
+    with pytest.raises(ValueError, match="mass_error must be"):
+        simulate_galaxies(10, mass_error=float("nan"))
+
+
+def test_ccm89_ratios():
+    """CCM89 (R_V = 3.1) at the SDSS effective wavelengths; A_V / A_V = 1 at 5495 A."""
+    assert ccm89_ratio(5495.0) == pytest.approx(1.0, abs=0.01)
+    assert DUST_K["g"] == pytest.approx(1.194, abs=0.002)
+    assert DUST_K["r"] == pytest.approx(0.869, abs=0.002)
+    assert DUST_K["i"] == pytest.approx(0.653, abs=0.002)
+    assert DUST_K["u"] > DUST_K["g"] > DUST_K["r"] > DUST_K["i"] > DUST_K["z"]
+    with pytest.raises(ValueError, match="wavelength must be within"):
+        ccm89_ratio(1000.0)
+
+
+def test_slab_attenuation_formula():
+    # optically thin limit: A = 1.086 tau / cos i / 2 (half the slab in front on average)
+    assert slab_attenuation(1e-4, 1.0) == pytest.approx(1.0857362 * 1e-4 / 2, rel=1e-3)
+    # optically thick: A -> 2.5 log10(tau / cos i)
+    assert slab_attenuation(50.0, 0.5) == pytest.approx(2.5 * np.log10(100.0), rel=1e-6)
+    t = 0.8 / 0.3
+    assert slab_attenuation(0.8, 0.3) == pytest.approx(-2.5 * np.log10((1 - np.exp(-t)) / t))
+    assert slab_attenuation(0.0, 0.5) == 0.0
+
+
+def _residual_from_slab(c, band):
+    tau = DUST_K[band] * c["tau_v"]
+    return c[f"dust_disk_{band}"].value - slab_attenuation(tau, c["cos_i"])
+
+
+def test_disk_dust_follows_metallicity_and_inclination(big_catalog):
+    """Disk attenuation is the slab formula of tau_V ~ 10**(oh - 8.9), rising with oh and inclination."""
+    c = big_catalog
+    for band in "gri":
+        np.testing.assert_allclose(_residual_from_slab(c, band), 0.0, atol=1e-12)
+    tau0 = c.meta["dust_tau0"]
+    sig = 10 ** c["sfr_tot_p50"].value / (2 * np.pi * c["r50_kpc"].to_value(u.kpc) ** 2)
+    ok = c["oh_p50"].value > 0
+    expected_tau = tau0 * 10 ** (c["oh_p50"].value - 8.9) * (sig / c.meta["dust_sigma_sfr_ref"]) ** 0.25
+    np.testing.assert_allclose(c["tau_v"][ok], expected_tau[ok], rtol=1e-10)
+    # at fixed inclination, metal-richer disks are more attenuated (monotonic in oh at fixed Sigma_SFR)
+    a_lo = slab_attenuation(DUST_K["r"] * tau0 * 10 ** (8.6 - 8.9), 0.5)
+    a_hi = slab_attenuation(DUST_K["r"] * tau0 * 10 ** (9.1 - 8.9), 0.5)
+    assert a_hi > 1.8 * a_lo
+    # in the catalogue: A_r / (k_r tau_V) at similar inclination is ~constant, so A_r tracks oh
+    face = c["cos_i"] > 0.8
+    good = face & (c["oh_p50"].value > 0)
+    rho = np.corrcoef(c["oh_p50"].value[good], c["dust_disk_r"].value[good])[0, 1]
+    assert rho > 0.4
+    # at fixed metallicity, edge-on disks are more attenuated
+    mid = (c["oh_p50"].value > 8.95) & (c["oh_p50"].value < 9.05)
+    a_r = c["dust_disk_r"].value
+    assert np.median(a_r[mid & (c["cos_i"] < 0.3)]) > 1.5 * np.median(a_r[mid & (c["cos_i"] > 0.7)])
+    # typical disk A_V of a few tenths of a magnitude to ~1 mag
+    a_v = slab_attenuation(c["tau_v"], c["cos_i"])
+    assert 0.3 < np.median(a_v) < 1.0
+    # bluer bands are more attenuated
+    assert np.all(c["dust_disk_g"] > c["dust_disk_r"]) and np.all(c["dust_disk_r"] > c["dust_disk_i"])
+
+
+def test_catalog_magnitudes_are_bulge_plus_dimmed_disk():
+    """modelMag = intrinsic bulge + dust-dimmed disk; the bulge is undimmed; r < 17.77 after dust."""
+    dusty = simulate_galaxies(300, seed=4)
+    assert np.all(dusty["petroMag_r"] < MAIN_SAMPLE_RLIM * u.mag)
+    assert np.all(dusty["dust_disk_r"] > 0)
+    for band in "gri":
+        f_obs = 10 ** (-0.4 * dusty[f"modelMag_{band}"].value)
+        fb_obs = np.asarray(dusty[f"bulge_frac_{band}"])
+        bulge = fb_obs * f_obs
+        disk = (1 - fb_obs) * f_obs
+        # undo the disk dust: the bulge-to-total ratio returns to the intrinsic (dust-free) one
+        disk_int = disk * 10 ** (0.4 * dusty[f"dust_disk_{band}"].value)
+        fb_int = bulge / (bulge + disk_int)
+        bt = np.asarray(dusty["bulge_to_total"])
+        from astro_metallicity.mock.population import _BULGE_WEIGHT
+
+        w = _BULGE_WEIGHT[band]
+        np.testing.assert_allclose(fb_int, bt * w / (bt * w + 1 - bt), atol=1e-10)
+        assert np.all(fb_obs >= fb_int - 1e-12)  # dust makes galaxies more bulge dominated
+    # dust can be switched off
+    clean = simulate_galaxies(300, seed=4, dust_tau0=0.0)
+    assert np.all(clean["dust_disk_r"].value == 0.0)
+    assert clean.meta["dust_tau0"] == 0.0 and dusty.meta["dust_tau0"] > 0
+
+
+def test_measured_mass_noise(big_catalog):
+    c = big_catalog
+    d = c["lgm_tot_p50"].value - c["logm_true"].value
+    assert np.std(d) == pytest.approx(c.meta["mass_error"], rel=0.1)
+    assert abs(np.mean(d)) < 0.01
+    exact = simulate_galaxies(50, seed=4, mass_error=0.0)
+    np.testing.assert_array_equal(exact["lgm_tot_p50"].value, exact["logm_true"].value)

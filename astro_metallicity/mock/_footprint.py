@@ -79,11 +79,20 @@ class Footprint:
         """Indices of fields whose frame bounding box comes within ``radius_deg`` of (ra, dec)."""
         cosd = max(math.cos(math.radians(dec)), 1e-6)
         dra = radius_deg / cosd
-        sel = ((self.ra_max + dra > ra) & (self.ra_min - dra < ra)
+        # RA offset from each field centre wrapped to [-180, 180): the field table may hold
+        # raMin < 0 or raMax > 360 near RA 0 while positions are given in [0, 360)
+        off = wrap_ra(ra - self.ra_center)
+        half = (self.ra_max - self.ra_min) / 2.0
+        sel = ((np.abs(off) < half + dra)
                & (self.dec_max + radius_deg > dec) & (self.dec_min - radius_deg < dec))
         idx = np.flatnonzero(sel)
-        d2 = ((self.ra_center[idx] - ra) * cosd) ** 2 + (self.dec_center[idx] - dec) ** 2
+        d2 = (off[idx] * cosd) ** 2 + (self.dec_center[idx] - dec) ** 2
         return idx[np.argsort(d2)]
+
+
+def wrap_ra(dra):
+    """RA difference(s) in degrees wrapped to [-180, 180)."""
+    return (np.asarray(dra, dtype=float) + 180.0) % 360.0 - 180.0
 
 
 def make_objid(run, camcol, field, obj, rerun=RERUN, sky_version=2):

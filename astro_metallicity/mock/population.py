@@ -15,7 +15,36 @@ The scaling relations and their references:
   with its mass-dependent log-normal scatter (Shen et al. 2003, MNRAS 343, 978);
 * colour-based mass-to-light ratio log M*/L_i = -0.68 + 0.70 (g - i)
   (Taylor et al. 2011, MNRAS 418, 1587);
-* the SDSS main-sample cut petroMag_r < 17.77 (Strauss et al. 2002, AJ 124, 1810).
+* dust in the star-forming disk (see below);
+* MPA-JHU-like measurement noise of the catalogue stellar mass ``lgm_tot_p50``
+  (0.1 dex; the true mass is kept in ``logm_true``);
+* the SDSS main-sample cut petroMag_r < 17.77 (Strauss et al. 2002, AJ 124, 1810),
+  applied to the observed (dust-attenuated) magnitudes.
+
+Dust and metallicity. The dust-to-gas ratio scales about linearly with the
+gas-phase metallicity (Draine et al. 2007, ApJ 663, 866; Remy-Ruyer et al. 2014,
+A&A 563, A31), so the face-on V-band optical depth of the disk is
+
+    tau_V = tau0 * 10**(oh - 8.9) * (Sigma_SFR / Sigma_ref)**0.25,
+
+with ``tau0 = 0.7`` (`DUST_TAU0`) and a weak gas-surface-density factor through the
+Kennicutt (1998) law, Sigma_SFR = SFR / (2 pi R50^2), Sigma_ref = 0.05 Msun/yr/kpc^2
+(close to the median, 0.04, of the selected sample). Stars and dust are mixed in a uniform slab
+(sandwich) seen at the galaxy's inclination i (the same cos i that sets its axis
+ratio), so the disk is attenuated by
+
+    A_b = -2.5 log10((1 - exp(-tau_b / cos i)) / (tau_b / cos i)),  tau_b = k_b tau_V,
+
+in each band, with k_b = A_b / A_V of the Cardelli, Clayton & Mathis (1989) R_V = 3.1
+law at the SDSS effective wavelengths 3551, 4770, 6231, 7625, 8913 A:
+k = 1.579 (u), 1.194 (g), 0.869 (r), 0.653 (i), 0.487 (z) (`DUST_K`). This gives a
+typical disk A_V of 0.3-1 mag, more for metal-rich and edge-on disks, the strong
+inclination dependence of disk attenuation (Giovanelli et al. 1994, AJ 107, 2036;
+Unterborn & Ryden 2008, ApJ 687, 976; Masters et al. 2010, MNRAS 404, 792).
+Bulges are taken as dust free. **This prescription is the only channel through which
+the images carry the intrinsic (0.08 dex) metallicity scatter at fixed mass and SFR**:
+it is a design choice of the test bed, so an accuracy reached on the simulation says
+nothing about real galaxies.
 
 Photometric, structural and spectroscopic columns mimic the SDSS ``PhotoObj``,
 ``SpecObj`` and MPA-JHU ``GalSpec*`` tables, so that the mock SkyServer can
@@ -42,7 +71,8 @@ from ._footprint import (
     make_specobjid,
 )
 
-__all__ = ["MAIN_SAMPLE_RLIM", "mannucci_fmr", "simulate_galaxies", "tremonti_mzr"]
+__all__ = ["DUST_K", "DUST_TAU0", "MAIN_SAMPLE_RLIM", "ccm89_ratio", "mannucci_fmr", "simulate_galaxies",
+           "slab_attenuation", "tremonti_mzr"]
 
 #: SDSS main galaxy sample limit in Petrosian r magnitude (Strauss et al. 2002).
 MAIN_SAMPLE_RLIM = 17.77
@@ -54,6 +84,13 @@ _MSUN_I = 4.58  # AB absolute magnitude of the Sun in i (Taylor et al. 2011)
 _KCORR = {"u": 2.5, "g": 2.0, "r": 1.0, "i": 0.5, "z": 0.4}
 # Relative bulge-to-disk flux weight per band (bulges are redder than disks).
 _BULGE_WEIGHT = {"u": 0.4, "g": 0.65, "r": 1.0, "i": 1.25, "z": 1.4}
+#: SDSS effective wavelengths (Angstrom) used for the disk dust law.
+_EFF_WAVELENGTH = {"u": 3551.0, "g": 4770.0, "r": 6231.0, "i": 7625.0, "z": 8913.0}
+#: Face-on V-band optical depth of a disk at 12+log(O/H) = 8.9 and the reference Sigma_SFR.
+DUST_TAU0 = 0.7
+_SIGMA_SFR_REF = 0.05  # Msun / yr / kpc^2
+_SIGMA_SFR_INDEX = 0.25
+_COS_I_MIN = 0.05  # a thin slab seen exactly edge-on would have infinite optical depth
 # Galactic extinction coefficients A_b / E(B-V) (Schlafly & Finkbeiner 2011).
 _EXT = {"u": 4.239, "g": 3.303, "r": 2.285, "i": 1.698, "z": 1.263}
 
@@ -95,6 +132,62 @@ def mannucci_fmr(logm, logsfr):
     return 8.90 + 0.37 * m - 0.14 * s - 0.19 * m ** 2 + 0.12 * m * s - 0.054 * s ** 2
 
 
+def ccm89_ratio(wavelength, r_v=3.1):
+    """Extinction ratio A_lambda / A_V of Cardelli, Clayton & Mathis (1989), optical/NIR.
+
+    Parameters
+    ----------
+    wavelength : float or array-like
+        Wavelength in Angstrom (valid 3030-9090 A for the optical polynomial,
+        and down to 9090-33000 A for the infrared power law).
+    r_v : float, optional
+        Total-to-selective extinction ratio.
+
+    Returns
+    -------
+    ratio : `~numpy.ndarray`
+        A_lambda / A_V.
+    """
+    x = 1e4 / np.asarray(wavelength, dtype=float)
+    if np.any((x < 0.3) | (x > 3.3)):
+        msg = f"wavelength must be within 3030-33000 Angstrom for CCM89 here, got {wavelength!r}"
+        raise ValueError(msg)
+    y = x - 1.82
+    a = (1 + 0.17699 * y - 0.50447 * y ** 2 - 0.02427 * y ** 3 + 0.72085 * y ** 4 + 0.01979 * y ** 5
+         - 0.77530 * y ** 6 + 0.32999 * y ** 7)
+    b = (1.41338 * y + 2.28305 * y ** 2 + 1.07233 * y ** 3 - 5.38434 * y ** 4 - 0.62251 * y ** 5
+         + 5.30260 * y ** 6 - 2.09002 * y ** 7)
+    ir = x < 1.1
+    a = np.where(ir, 0.574 * x ** 1.61, a)
+    b = np.where(ir, -0.527 * x ** 1.61, b)
+    return a + b / r_v
+
+
+#: Disk dust law A_b / A_V per band (CCM89, R_V = 3.1, at the SDSS effective wavelengths).
+DUST_K = {b: float(ccm89_ratio(w)) for b, w in _EFF_WAVELENGTH.items()}
+
+
+def slab_attenuation(tau, cos_i):
+    """Attenuation (mag) of a uniform slab of mixed stars and dust.
+
+    Parameters
+    ----------
+    tau : array-like
+        Face-on optical depth of the slab in the band.
+    cos_i : array-like
+        Cosine of the inclination (1 face-on); clipped below at 0.05.
+
+    Returns
+    -------
+    a : `~numpy.ndarray`
+        ``-2.5 log10((1 - exp(-t)) / t)`` with ``t = tau / cos_i`` (0 where tau = 0).
+    """
+    t = np.asarray(tau, dtype=float) / np.clip(np.asarray(cos_i, dtype=float), _COS_I_MIN, 1.0)
+    small = t < 1e-8
+    ts = np.where(small, 1.0, t)
+    return np.where(small, 1.0857362 * t, -2.5 * np.log10(-np.expm1(-ts) / ts))
+
+
 def _ssfr_mean(logm):
     """Star-forming sequence of Salim et al. (2007): mean log sSFR [1/yr]."""
     return -0.35 * (np.asarray(logm) - 10.0) - 9.83
@@ -123,14 +216,23 @@ def _field_seeing(rng, n_fields, seeing):
 
 def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallicity_scatter=0.08,
                       ra0=185.0, dec0=1.0, run=4294, min_separation=12.0 * u.arcsec,
-                      cosmology=None):
+                      cosmology=None, dust_tau0=DUST_TAU0, mass_error=0.1):
     """Draw a simulated SDSS main-sample population of star-forming galaxies.
 
     Galaxies are drawn from a stellar mass function and uniformly in comoving
     volume, given star formation rates, metallicities, sizes, disk+bulge
-    structure and *ugriz* photometry, and kept if brighter than the main-sample
-    limit r < 17.77. They are placed on a compact patch of overlapping SDSS-like
-    fields. Deterministic for a given ``seed``.
+    structure and *ugriz* photometry, attenuated by dust in the disk, and kept if
+    the observed Petrosian r is brighter than the main-sample limit 17.77. They are
+    placed on a compact patch of overlapping SDSS-like fields. Deterministic for a
+    given ``seed``.
+
+    The disk's face-on optical depth is ``tau_V = dust_tau0 * 10**(oh - 8.9) *
+    (Sigma_SFR / 0.05 Msun/yr/kpc^2)**0.25`` (dust-to-gas ratio proportional to
+    metallicity: Draine et al. 2007; Remy-Ruyer et al. 2014), applied to the disk
+    component only through a slab geometry at the galaxy's inclination with the
+    CCM89 dust law (see the module docstring). This is the only way the intrinsic
+    metallicity scatter reaches the images: a design choice of the simulation, so
+    accuracy on simulated galaxies says nothing about real ones.
 
     Parameters
     ----------
@@ -152,20 +254,31 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         Minimum distance between two galaxies (angle).
     cosmology : `~astropy.cosmology.Cosmology`, optional
         Default `~astropy.cosmology.Planck18`.
+    dust_tau0 : float, optional
+        Face-on V-band optical depth of a disk at 12+log(O/H) = 8.9 and the
+        reference SFR surface density; 0 for dust-free disks.
+    mass_error : float, optional
+        Gaussian error (dex) of the catalogue mass ``lgm_tot_p50`` about the true
+        mass ``logm_true`` (MPA-JHU-like; 0 for the true mass).
 
     Returns
     -------
     catalog : `~astropy.table.QTable`
         One row per galaxy with positions (deg), identifiers (objid, specobjid,
         run, rerun, camcol, field, obj), redshift, 12+log(O/H) ``oh_p50`` and
-        its percentiles (dex), ``lgm_tot_p50`` (log M*/Msun, dex),
+        its percentiles (dex), ``lgm_tot_p50`` (measured log M*/Msun, dex),
+        ``logm_true`` (true log M*/Msun, dex),
         ``sfr_tot_p50`` (log SFR/(Msun/yr), dex), Petrosian radii (arcsec),
         model/Petrosian/PSF magnitudes and errors in *ugriz*, line fluxes,
         ``d4000``, ``bptclass``, ``rChi2`` and the structural parameters the
         renderer uses (``r50_disk``, ``r50_bulge`` in arcsec, ``bulge_frac_*``,
         ``axis_ratio``, ``bulge_axis_ratio``, ``pos_angle`` in deg, spiral-arm
-        ``arm_amp``, ``arm_m``, ``arm_pitch``, ``arm_phase``). The footprint
-        and per-field seeing are stored in ``catalog.meta``.
+        ``arm_amp``, ``arm_m``, ``arm_pitch``, ``arm_phase``), the dust truth
+        ``tau_v`` (face-on V optical depth), ``cos_i`` and ``dust_disk_*`` (disk
+        attenuation per band, mag), the intrinsic r-band ``bulge_to_total`` and
+        the disk half-light radius ``r50_kpc``. Magnitudes and ``bulge_frac_*`` are observed,
+        i.e. bulge plus attenuated disk. The footprint, per-field seeing and
+        dust parameters are stored in ``catalog.meta``.
     """
     if int(n) != n or n < 1:
         msg = f"n must be a positive integer number of galaxies, got {n!r}"
@@ -173,6 +286,12 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     n = int(n)
     if galaxies_per_field <= 0:
         msg = f"galaxies_per_field must be positive, got {galaxies_per_field!r}"
+        raise ValueError(msg)
+    if not (dust_tau0 >= 0 and math.isfinite(dust_tau0)):
+        msg = f"dust_tau0 must be a finite optical depth >= 0, got {dust_tau0!r}"
+        raise ValueError(msg)
+    if not (mass_error >= 0 and math.isfinite(mass_error)):
+        msg = f"mass_error must be a finite number of dex >= 0, got {mass_error!r}"
         raise ValueError(msg)
     if cosmology is None:
         from astropy.cosmology import Planck18 as cosmology
@@ -195,27 +314,37 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         z = draw_z(rng.random(m))
         logm = draw_logm(rng.random(m))
         gal = _photometry(rng, z, logm, np.interp(z, zg, distmod_g))
-        sel = gal["petroMag_r"] < MAIN_SAMPLE_RLIM
+        # metallicity: MZR + FMR SFR term + intrinsic scatter (the part only the dust traces)
+        x = np.clip(logm, _LOGM_MIN, _LOGM_MAX)
+        logsfr = logm + gal["logssfr"]
+        gal["oh"] = (tremonti_mzr(x) + mannucci_fmr(x, logsfr) - mannucci_fmr(x, x + _ssfr_mean(x))
+                     + rng.normal(0.0, metallicity_scatter, m))
+        # sizes and structure (Shen et al. 2003, late types)
+        mass = 10 ** logm
+        r50_kpc = 0.10 * mass ** 0.14 * (1 + mass / 3.98e10) ** (0.39 - 0.14)
+        sig_ln = 0.34 + (0.47 - 0.34) / (1 + (mass / 3.98e10) ** 2)
+        gal["r50_kpc"] = r50_kpc * np.exp(rng.normal(0.0, 1.0, m) * sig_ln)
+        gal["bt"] = np.clip(0.12 + 0.22 * (logm - 10.0) + rng.normal(0, 0.08, m), 0.0, 0.7)
+        gal["cos_i"] = rng.random(m)
+        _apply_disk_dust(gal, logsfr, dust_tau0)
+        sel = gal["mag_r"] + gal["petro_offset"] < MAIN_SAMPLE_RLIM
         gal = {k: v[sel] for k, v in gal.items()}
         chunks.append(gal)
         kept += int(sel.sum())
     gal = {k: np.concatenate([c[k] for c in chunks])[:n] for k in chunks[0]}
 
-    # --- sizes and structure (Shen et al. 2003, late types)
-    mass = 10 ** gal["logm"]
-    r50_kpc = 0.10 * mass ** 0.14 * (1 + mass / 3.98e10) ** (0.39 - 0.14)
-    sig_ln = 0.34 + (0.47 - 0.34) / (1 + (mass / 3.98e10) ** 2)
-    r50_kpc *= np.exp(rng.normal(0.0, 1.0, n) * sig_ln)
-    r50 = r50_kpc / np.interp(gal["z"], zg, kpc_arcsec_g)  # arcsec
+    # --- sizes and structure
+    r50 = gal["r50_kpc"] / np.interp(gal["z"], zg, kpc_arcsec_g)  # arcsec
     r50 = np.clip(r50, 0.3, 30.0)
-    bt = np.clip(0.12 + 0.22 * (gal["logm"] - 10.0) + rng.normal(0, 0.08, n), 0.0, 0.7)
-    cos_i = rng.random(n)
+    bt = gal["bt"]
     q0 = 0.2
-    axis_ratio = np.sqrt((1 - q0 ** 2) * cos_i ** 2 + q0 ** 2)
+    axis_ratio = np.sqrt((1 - q0 ** 2) * gal["cos_i"] ** 2 + q0 ** 2)
     bulge_q = np.clip(rng.uniform(0.7, 1.0, n), axis_ratio, 1.0)
     pos_angle = rng.uniform(0.0, 180.0, n)
     r50_disk = r50
     r50_bulge = 0.35 * r50
+    # MPA-JHU-like error of the catalogue stellar mass
+    gal["logm_obs"] = gal["logm"] + rng.normal(0.0, mass_error, n)
 
     # --- sky positions on the footprint
     n_fields = max(1, math.ceil(n / galaxies_per_field))
@@ -265,9 +394,7 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
 
     logm, z = gal["logm"], gal["z"]
     logsfr = logm + gal["logssfr"]
-    x = np.clip(logm, _LOGM_MIN, _LOGM_MAX)
-    oh = (tremonti_mzr(x) + mannucci_fmr(x, logsfr) - mannucci_fmr(x, x + _ssfr_mean(x))
-          + rng.normal(0.0, metallicity_scatter, n))
+    oh = gal["oh"]
     oh_err = np.clip(rng.normal(0.04, 0.01, n), 0.015, None)
     # MPA-JHU gives no metallicity for AGN/composites; a few such galaxies fail the query cut.
     agn = rng.random(n) < 0.03
@@ -293,6 +420,9 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         "seed": seed, "n_fields": n_fields, "run": fp.run, "ra0": ra0, "dec0": dec0,
         "seeing": seeing, "fwhm_r": fwhm.tolist(), "galaxies_per_field": galaxies_per_field,
         "metallicity_scatter": metallicity_scatter, "cosmology": cosmology.name,
+        "mass_error": mass_error, "dust_tau0": dust_tau0, "dust_sigma_sfr_ref": _SIGMA_SFR_REF,
+        "dust_sigma_sfr_index": _SIGMA_SFR_INDEX, "dust_k": dict(DUST_K),
+        "dust_law": "CCM89 R_V=3.1 at SDSS effective wavelengths; slab geometry; disk only",
     })
     t["objid"] = objid
     t["ra"] = ra * u.deg
@@ -317,7 +447,8 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     t["oh_p97p5"] = (oh + 2 * oh_err) * u.dex
     for name in ("oh_p50", "oh_p2p5", "oh_p16", "oh_p84", "oh_p97p5"):
         t[name][agn] = -9999 * u.dex
-    t["lgm_tot_p50"] = logm * u.dex
+    t["lgm_tot_p50"] = gal["logm_obs"] * u.dex
+    t["logm_true"] = logm * u.dex
     t["sfr_tot_p50"] = logsfr * u.dex
     t["bptclass"] = bptclass
     t["d4000"] = d4000
@@ -349,8 +480,13 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     for b in BANDS:
         t[f"extinction_{b}"] = _EXT[b] * gal["ebv"] * u.mag
     for b in BANDS:
-        wb = _BULGE_WEIGHT[b]
-        t[f"bulge_frac_{b}"] = bt * wb / (bt * wb + (1 - bt))
+        t[f"bulge_frac_{b}"] = gal[f"bulge_frac_{b}"]
+    t["tau_v"] = gal["tau_v"]
+    for b in BANDS:
+        t[f"dust_disk_{b}"] = gal[f"dust_disk_{b}"] * u.mag
+    t["cos_i"] = gal["cos_i"]
+    t["bulge_to_total"] = bt
+    t["r50_kpc"] = gal["r50_kpc"] * u.kpc
     t["r50_disk"] = r50_disk * u.arcsec
     t["r50_bulge"] = r50_bulge * u.arcsec
     t["axis_ratio"] = axis_ratio
@@ -381,12 +517,27 @@ def _photometry(rng, z, logm, distmod):
     for b, absmag in colours.items():
         mag = absmag + distmod + _KCORR[b] * z
         out[f"mag_{b}"] = mag
-        # errors from a sky-limited 53.9 s SDSS exposure (rough)
-        out[f"err_{b}"] = np.hypot(0.01, 0.02 * 10 ** (0.4 * (mag - 18.0)) * (2.0 if b in "uz" else 1.0))
     out["petro_offset"] = 0.05 + rng.normal(0.0, 0.03, m)
-    out["petroMag_r"] = out["mag_r"] + out["petro_offset"]
     out["ebv"] = rng.uniform(0.01, 0.06, m)
     return out
+
+
+def _apply_disk_dust(gal, logsfr, tau0):
+    """Dim the disks of ``gal`` (in place): observed mags, bulge fractions, errors, dust truth."""
+    sigma_sfr = 10 ** logsfr / (2 * np.pi * gal["r50_kpc"] ** 2)
+    tau_v = tau0 * 10 ** (gal["oh"] - 8.9) * (sigma_sfr / _SIGMA_SFR_REF) ** _SIGMA_SFR_INDEX
+    gal["tau_v"] = tau_v
+    bt = gal["bt"]
+    for b in BANDS:
+        wb = _BULGE_WEIGHT[b]
+        fb = bt * wb / (bt * wb + (1 - bt))  # intrinsic bulge share of the flux
+        a_disk = slab_attenuation(DUST_K[b] * tau_v, gal["cos_i"])
+        total = fb + (1 - fb) * 10 ** (-0.4 * a_disk)  # observed / intrinsic flux
+        gal[f"dust_disk_{b}"] = a_disk
+        gal[f"bulge_frac_{b}"] = fb / total
+        gal[f"mag_{b}"] = gal[f"mag_{b}"] - 2.5 * np.log10(total)
+        # errors from a sky-limited 53.9 s SDSS exposure (rough)
+        gal[f"err_{b}"] = np.hypot(0.01, 0.02 * 10 ** (0.4 * (gal[f"mag_{b}"] - 18.0)) * (2.0 if b in "uz" else 1.0))
 
 
 def _place(rng, fp, n, min_sep_arcsec):

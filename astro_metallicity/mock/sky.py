@@ -9,7 +9,7 @@ from collections import OrderedDict
 import numpy as np
 from astropy import units as u
 
-from ._footprint import BANDS, NCOL, NROW, PIXEL_SCALE, RERUN, Footprint
+from ._footprint import BANDS, NCOL, NROW, PIXEL_SCALE, RERUN, Footprint, wrap_ra
 from .population import simulate_galaxies
 from .render import SEEING_RATIO, SKY_MAG, _band_index, frame_hdulist, render_frame
 
@@ -314,13 +314,14 @@ class MockSky:
             margin = 0.03
             cosd = math.cos(math.radians(fp.dec_center[k]))
             g = self._gal
-            sel = ((g["ra"] > fp.ra_min[k] - margin / cosd) & (g["ra"] < fp.ra_max[k] + margin / cosd)
+            half = (fp.ra_max[k] - fp.ra_min[k]) / 2.0  # RA offsets wrapped, for fields at RA 0/360
+            sel = ((np.abs(wrap_ra(g["ra"] - fp.ra_center[k])) < half + margin / cosd)
                    & (g["dec"] > fp.dec_min[k] - margin) & (g["dec"] < fp.dec_max[k] + margin))
             gals = {name: v[sel] for name, v in g.items()}
             gals["mag"] = self._mags[band][sel]
             gals["bulge_frac"] = self._bulge_frac[band][sel]
             s = self.stars
-            ssel = ((s["ra"] > fp.ra_min[k] - 0.01) & (s["ra"] < fp.ra_max[k] + 0.01)
+            ssel = ((np.abs(wrap_ra(s["ra"] - fp.ra_center[k])) < half + 0.01)
                     & (s["dec"] > fp.dec_min[k] - 0.01) & (s["dec"] < fp.dec_max[k] + 0.01))
             stars = {"ra": s["ra"][ssel], "dec": s["dec"][ssel], "mag": s[band][ssel]}
             run, camcol, field = fp.run, int(fp.camcol[k]), int(fp.field[k])
