@@ -96,6 +96,15 @@ def real_split(objids, *, seed=REAL_SPLIT_SEED, n_val=80):
     return np.sort(ids[order[n_val:]]), np.sort(ids[order[:n_val]])
 
 
+def _relative(path):
+    """Path relative to the repository when inside it (for reports)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(_REPO))
+    except ValueError:
+        return str(path)
+
+
 def _select(cutouts, ids):
     index = np.flatnonzero(np.isin(np.asarray(cutouts.catalog["objID"], dtype=np.int64), ids))
     return cutouts.subset(index)
@@ -107,13 +116,16 @@ def _sim_dataset(args, work):
 
     from ..mock import MockSDSS
     from .catalog import query_training_catalog
-    from .dataset import build_dataset
+    from .dataset import build_dataset, catalog_fingerprint
 
-    store = work / f"sim_seed{args.sim_seed}_n{args.n_sim}.h5"
     with MockSDSS(n_galaxies=args.n_sim, seed=args.sim_seed) as server:
         catalog = query_training_catalog()
         catalog = Table(catalog)
         catalog.sort("objID")  # galaxies of one field together: frames rendered once
+        # the file name carries the catalogue's fingerprint: a changed simulation
+        # gets a new store (and new checkpoints), never stale cutouts
+        store = work / (f"sim_seed{args.sim_seed}_n{args.n_sim}_"
+                        f"{catalog_fingerprint(catalog)[:8]}.h5")
         log.info(f"Simulated training catalogue: {len(catalog)} galaxies after the seed's cuts "
                  f"(server {server.url})")
         t0 = time.perf_counter()
@@ -129,13 +141,14 @@ def _fresh_sky_check(model, args, work, figures):
 
     from ..mock import MockSDSS
     from .catalog import query_training_catalog
-    from .dataset import build_dataset, read_dataset
+    from .dataset import build_dataset, catalog_fingerprint, read_dataset
     from .evaluation import evaluate
 
-    store = work / f"fresh_seed{FRESH_SKY_SEED}_n{args.n_fresh}.h5"
     with MockSDSS(n_galaxies=args.n_fresh, seed=FRESH_SKY_SEED):
         catalog = Table(query_training_catalog())
         catalog.sort("objID")
+        store = work / (f"fresh_seed{FRESH_SKY_SEED}_n{args.n_fresh}_"
+                        f"{catalog_fingerprint(catalog)[:8]}.h5")
         build_dataset(catalog, store, source="jpeg", scale="adaptive", size=128,
                       chunk_size=args.chunk_size, progress=False)
     fresh = read_dataset(store)
@@ -175,6 +188,7 @@ def run_bundled_recipe(args):
     # 1-2. simulated data
     store, n_catalog, timings["sim_dataset"] = _sim_dataset(args, work)
     sim = read_dataset(store)
+    run_dir = work / store.stem
     if n_catalog < args.min_sim:
         msg = (f"the simulated catalogue has {n_catalog} galaxies after the cuts, fewer than "
                f"--min-sim {args.min_sim}; raise --n-sim")
@@ -197,7 +211,7 @@ def run_bundled_recipe(args):
         sim_train, sim_val, outputs=("metallicity", "log_mstar"), arch=args.arch,
         input_size=args.input_size, epochs=args.pretrain_epochs, batch_size=args.batch_size,
         max_lr=args.pretrain_lr, weight_decay=0.05, patience=args.patience, seed=args.seed,
-        device=args.device, checkpoint_dir=work / "pretrain", num_workers=args.num_workers,
+        device=args.device, checkpoint_dir=run_dir / "pretrain", num_workers=args.num_workers,
         metadata={"provenance": {"stage": "pretrained on the simulated survey"}})
     timings["pretrain"] = time.perf_counter() - t0
     pretrained = pre.model
@@ -211,7 +225,7 @@ def run_bundled_recipe(args):
     report["sim_test_pretrained"] = evaluate(pretrained, sim_test, baselines=baselines,
                                              figures_dir=figures, label="sim_test_pretrained")
     report["sim_test_pretrained"]["error_scale_from_sim_val"] = sim_scale
-    save_model(pretrained.network, pretrained.metadata, work / "pretrained_model", half=False)
+    save_model(pretrained.network, pretrained.metadata, run_dir / "pretrained_model", half=False)
 
     # 4. real JPEGs: fixed split, fine-tuning
     real_dir = Path(args.real_data)
@@ -241,11 +255,27 @@ def run_bundled_recipe(args):
         ft_train, real_val, init_from=pretrained, epochs=args.finetune_epochs,
         batch_size=32, max_lr=args.finetune_lr, weight_decay=0.05,
         patience=args.finetune_patience, seed=args.seed, device=args.device,
-        checkpoint_dir=work / "finetune", num_workers=0,
+        checkpoint_dir=run_dir / (f"finetune_x{args.real_repeat}_replay{len(replay)}_"
+                               f"lr{args.finetune_lr:g}_e{args.finetune_epochs}"
+                               f"_p{args.finetune_patience}"),
+        num_workers=0,
         metadata={"provenance": {"stage": "pretrained on the simulated survey, fine-tuned on "
                                           "320 real SDSS ImgCutout JPEGs"}})
     timings["finetune"] = time.perf_counter() - t0
     model = fine.model
+    # How much of the simulated skill survives fine-tuning (simulated validation split,
+    # no test-time augmentation): the criterion for choosing the replay fraction.
+    from .training import _predict_plain, _to_physical
+
+    sim_val_true = sim_val.targets(["metallicity"])[:, 0]
+    report["sim_val_no_tta"] = {
+        "pretrained": regression_report(sim_val_true, _to_physical(_predict_plain(
+            pretrained.network, sim_val.images, pretrained.metadata, pretrained.device),
+            pretrained.metadata)[:, 0]),
+        "finetuned": regression_report(sim_val_true, _to_physical(_predict_plain(
+            model.network, sim_val.images, model.metadata, model.device),
+            model.metadata)[:, 0]),
+    }
 
     # error calibration on the 80 real validation galaxies, checked by 2-fold split
     true_val = real_val.targets(["metallicity"])[:, 0]
@@ -296,7 +326,8 @@ def run_bundled_recipe(args):
             real_train, real_val, outputs=("metallicity",), arch=args.arch,
             input_size=args.input_size, epochs=args.real_only_epochs, batch_size=32,
             max_lr=args.pretrain_lr, weight_decay=0.05, patience=args.real_only_epochs,
-            seed=args.seed, device=args.device, checkpoint_dir=work / "real_only")
+            seed=args.seed, device=args.device,
+            checkpoint_dir=work / f"real_only_{args.arch}_{args.input_size}px_e{args.real_only_epochs}")
         timings["real_only"] = time.perf_counter() - t0
         report["real_val"]["real_only_cnn"] = regression_report(
             true_val, scratch.model.predict(real_val.images)["metallicity"])
@@ -326,7 +357,7 @@ def run_bundled_recipe(args):
     }
     out_dir = Path(args.output_dir)
     pt = save_model(model.network, meta, out_dir / args.model_name, half=True)
-    report["model_file"] = str(pt)
+    report["model_file"] = _relative(pt)
     report["model_size_mb"] = round(pt.stat().st_size / 1e6, 2)
     if args.n_fresh > 0:
         from ..model import load_model
@@ -334,6 +365,9 @@ def run_bundled_recipe(args):
         saved = load_model(pt, device=args.device)
         report["fresh_sim_sky"] = _fresh_sky_check(saved, args, work, figures)
     timings["total"] = time.perf_counter() - started
+    for key in ("sim_test_pretrained", "sim_test", "real_val", "fresh_sim_sky"):
+        if key in report:
+            report[key]["figures"] = [_relative(f) for f in report[key].get("figures", [])]
     report["device"] = str(model.device)
     write_report(report, args.report)
     log.info(f"Bundled model written to {pt}; report {args.report}")
@@ -369,11 +403,13 @@ def _parser():
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--finetune-epochs", type=int, default=20)
-    p.add_argument("--finetune-lr", type=float, default=5e-4)
-    p.add_argument("--finetune-patience", type=int, default=6)
+    p.add_argument("--finetune-lr", type=float, default=3e-4)
+    p.add_argument("--finetune-patience", type=int, default=20,
+                   help="early-stopping patience of fine-tuning (the best epoch on the real "
+                        "validation set is kept either way)")
     p.add_argument("--real-repeat", type=int, default=2,
                    help="times each real training JPEG appears per fine-tuning epoch")
-    p.add_argument("--replay", type=int, default=320,
+    p.add_argument("--replay", type=int, default=640,
                    help="simulated training cutouts mixed into the fine-tuning set")
     p.add_argument("--real-only-epochs", type=int, default=60,
                    help="epochs of the real-only comparison CNN (0 to skip)")

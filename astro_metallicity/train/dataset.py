@@ -29,6 +29,7 @@ __all__ = [
     "HDF5CutoutDataset",
     "LabelledCutouts",
     "build_dataset",
+    "catalog_fingerprint",
     "concat_cutouts",
     "dataset_from_images",
     "read_dataset",
@@ -181,6 +182,35 @@ def split_indices(n, fractions, *, seed=0):
 # --------------------------------------------------------------------------- HDF5 store
 
 
+def catalog_fingerprint(catalog):
+    """A short hash of a catalogue's positions and labels.
+
+    `build_dataset` stores it and resumes only into a store built from the same
+    catalogue.
+
+    Parameters
+    ----------
+    catalog : `~astropy.table.Table`
+        With ``ra`` and ``dec`` and, if present, ``objID``/``oh_p50``/``lgm_tot_p50``.
+
+    Returns
+    -------
+    fingerprint : str
+        16 hexadecimal digits.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("objID", "ra", "dec", "oh_p50", "lgm_tot_p50"):
+        if name in catalog.colnames:
+            values = np.asarray(getattr(catalog[name], "value", catalog[name]))
+            if values.dtype.kind == "f":
+                values = np.round(values.astype(np.float64), 7)
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _create_store(path, catalog, size, attrs, chunk_size):
     import h5py
 
@@ -303,7 +333,8 @@ def build_dataset(catalog, path, *, source="jpeg", scale="adaptive", size=128, c
         msg = f"source must be 'jpeg' or 'frames', got {source!r}"
         raise ValueError(msg)
     scale_attr = scale if isinstance(scale, str) else str(u.Quantity(scale))
-    attrs = {"source": source, "scale": scale_attr}
+    attrs = {"source": source, "scale": scale_attr,
+             "catalog_fingerprint": catalog_fingerprint(catalog)}
     cutout_func = _default_cutout_func if cutout_func is None else cutout_func
     n = len(catalog)
     if overwrite or not path.exists():
