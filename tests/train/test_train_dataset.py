@@ -64,7 +64,7 @@ def test_build_dataset_resumes_after_crash(tmp_path):
     assert again.calls == []
     # another catalogue of the same length refuses to resume (no stale cutouts)
     shifted = catalog.copy()
-    shifted["ra"][0] += 0.01 * u.deg
+    shifted["ra"][0] += 0.01  # degrees
     with pytest.raises(ValueError, match="other settings"):
         build_dataset(shifted, path, size=8, chunk_size=3, cutout_func=again, progress=False)
     # other settings refuse to resume
