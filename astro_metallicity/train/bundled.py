@@ -337,8 +337,10 @@ def run_bundled_recipe(args):
     meta["provenance"] = {
         "description": (
             "ResNet-18 pretrained on a simulated SDSS-like survey (astro_metallicity.mock: "
-            "Tremonti 2004 MZR with the Mannucci 2010 FMR SFR term, Salim 2007 star-forming "
-            "sequence, Shen 2003 sizes, Taylor 2011 colours; SDSS-like seeing, sky and noise; "
+            "Tremonti 2004 MZR with the Mannucci 2010 FMR SFR term and intrinsic scatter, "
+            "Salim 2007 star-forming sequence, Shen 2003 sizes, Taylor 2011 colours, "
+            "metallicity-dependent disk dust, MPA-JHU-like catalogue mass noise; SDSS-like "
+            "seeing, sky and noise; "
             "cutouts through the mock ImgCutout service with the shared asinh stretch) and "
             "fine-tuned on 320 real SDSS DR14 ImgCutout JPEGs with MPA-JHU DR7 metallicities. "
             "Accuracy on real galaxies beyond the 80 validation galaxies is unmeasured."),
