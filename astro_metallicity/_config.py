@@ -59,4 +59,10 @@ class Conf(_config.ConfigNamespace):
     )
 
 
+# Items would otherwise belong to a "[_config]" section named after this private
+# module; put them at the top of astro_metallicity.cfg instead.
+for _item in vars(Conf).values():
+    if isinstance(_item, _config.ConfigItem):
+        _item.module = "astro_metallicity"
+
 conf = Conf()

@@ -317,7 +317,7 @@ def load_model(path=None, device=None):
 
     Returns
     -------
-    model : `MetallicityModel`
+    model : `~astro_metallicity.model.MetallicityModel`
 
     Raises
     ------

@@ -5,9 +5,9 @@ Retrain the metallicity CNN on your own data::
     from astro_metallicity.train import (query_training_catalog, build_dataset,
                                          read_dataset, train_model, evaluate)
 
-The modules follow the data flow: `~astro_metallicity.train.catalog` (SDSS
-query) -> `~astro_metallicity.train.dataset` (cutouts into HDF5) ->
-`~astro_metallicity.train.training` -> `~astro_metallicity.train.evaluation`.
+The modules follow the data flow: ``astro_metallicity.train.catalog`` (SDSS
+query) -> ``astro_metallicity.train.dataset`` (cutouts into HDF5) ->
+``astro_metallicity.train.training`` -> ``astro_metallicity.train.evaluation``.
 torch is imported by `astro_metallicity.model` functions when they run.
 """
 
