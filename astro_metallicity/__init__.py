@@ -17,10 +17,10 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "__version__",
     "conf",
+    "load_model",
     "log",
     "predict_metallicity",
     "predict_metallicity_from_images",
-    "load_model",
 ]
 
 

@@ -98,17 +98,22 @@ _EXT = {"u": 4.239, "g": 3.303, "r": 2.285, "i": 1.698, "z": 1.263}
 def tremonti_mzr(logm):
     """Mass-metallicity relation of Tremonti et al. (2004).
 
+    12 + log(O/H) = -1.492 + 1.847 x - 0.08026 x^2 with x = log(M*/Msun),
+    clipped to the range 8.5 < x < 11.5 where the fit holds. The simulated
+    survey draws metallicities from it and the training evaluation uses it as
+    the mass-metallicity baseline.
+
     Parameters
     ----------
-    logm : array-like
-        log10 stellar mass in solar masses (valid for 8.5 < logm < 11.5).
+    logm : array-like or `~astropy.units.Quantity`
+        log10 stellar mass in solar masses.
 
     Returns
     -------
     oh : `~numpy.ndarray`
         12 + log(O/H).
     """
-    x = np.asarray(logm, dtype=float)
+    x = np.clip(np.asarray(getattr(logm, "value", logm), dtype=float), _LOGM_MIN, _LOGM_MAX)
     return -1.492 + 1.847 * x - 0.08026 * x ** 2
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..logger import log
+from ..mock.population import tremonti_mzr
 from .training import residual_metrics
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "evaluate",
     "fit_baselines",
     "image_colour_features",
-    "mzr_tremonti",
     "photometry_features",
     "plot_mzr",
     "plot_pred_vs_true",
@@ -52,27 +52,6 @@ __all__ = [
 
 _DEFAULT_MASS_BINS = (8.5, 9.0, 9.5, 10.0, 10.5, 11.0, 11.5)
 _DEFAULT_Z_BINS = (8.2, 8.5, 8.7, 8.9, 9.1, 9.3)
-
-
-def mzr_tremonti(log_mstar):
-    """Mass-metallicity relation of Tremonti et al. (2004).
-
-    12 + log(O/H) = -1.492 + 1.847 x - 0.08026 x^2 with x = log(M*/Msun), clipped
-    to the range 8.5 < x < 11.5 where the fit holds.
-
-    Parameters
-    ----------
-    log_mstar : array-like or `~astropy.units.Quantity`
-        log10 of the stellar mass in solar masses.
-
-    Returns
-    -------
-    metallicity : `~numpy.ndarray`
-        12 + log(O/H).
-    """
-    x = np.asarray(getattr(log_mstar, "value", log_mstar), dtype=float)
-    x = np.clip(x, 8.5, 11.5)
-    return -1.492 + 1.847 * x - 0.08026 * x**2
 
 
 def coverage(true, pred, err):
@@ -285,7 +264,7 @@ def predict_baselines(baselines, cutouts):
     out = {}
     mass = _target(cutouts, "log_mstar")
     if np.isfinite(mass).any():
-        out["mzr"] = np.where(np.isfinite(mass), mzr_tremonti(np.nan_to_num(mass, nan=10)),
+        out["mzr"] = np.where(np.isfinite(mass), tremonti_mzr(np.nan_to_num(mass, nan=10)),
                               np.nan)
     for name, model in (baselines or {}).items():
         if name == "training_mean":
@@ -489,7 +468,7 @@ def plot_mzr(log_mstar, pred, true, path, *, title=None):
                else np.nan for a, b in itertools.pairwise(edges)]
         ax.plot(centres, med, color=colour, lw=2, label=name)
     x = np.linspace(8.5, 11.5, 100)
-    ax.plot(x, mzr_tremonti(x), color="C3", ls="--", lw=1, label="Tremonti et al. (2004)")
+    ax.plot(x, tremonti_mzr(x), color="C3", ls="--", lw=1, label="Tremonti et al. (2004)")
     ax.set_xlabel("log M* / Msun (catalogue)")
     ax.set_ylabel("predicted 12 + log(O/H)")
     ax.legend(fontsize="small", frameon=False)
