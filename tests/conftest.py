@@ -26,9 +26,22 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Give every test its own download cache so tests never see each other's files."""
+    from astro_metallicity import acquire, conf
+
+    # The decompressed-frame memo would otherwise carry frames from one test's cache to the next.
+    acquire.clear_memory_cache()
+    with conf.set_temp("cache_dir", str(tmp_path / "cache")):
+        yield
+    acquire.clear_memory_cache()
+
+
+@pytest.fixture
+def fast_retries():
+    """Retry quickly and with few workers, so fault-injection tests stay fast on 2 cores."""
     from astro_metallicity import conf
 
-    with conf.set_temp("cache_dir", str(tmp_path / "cache")):
+    with conf.set_temp("retry_backoff", 0.01), conf.set_temp("max_retries", 4), \
+            conf.set_temp("timeout", 10.0), conf.set_temp("max_workers", 2):
         yield
 
 

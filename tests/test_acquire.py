@@ -21,13 +21,7 @@ def sdss():
         yield server
 
 
-@pytest.fixture(autouse=True)
-def _fast_retries():
-    with conf.set_temp("retry_backoff", 0.01), conf.set_temp("max_retries", 4), \
-            conf.set_temp("timeout", 10.0), conf.set_temp("max_workers", 2):
-        acquire.clear_memory_cache()
-        yield
-        acquire.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 def _frame_downloads(requests):

@@ -5,7 +5,6 @@ import pytest
 from astropy import units as u
 from astropy.table import QTable, Table
 
-from astro_metallicity import conf
 from astro_metallicity.cli import build_parser, demo_sample, main
 from astro_metallicity.mock import MockSDSS
 
@@ -16,10 +15,7 @@ def sdss():
         yield server
 
 
-@pytest.fixture(autouse=True)
-def _fast_retries():
-    with conf.set_temp("retry_backoff", 0.01), conf.set_temp("max_workers", 2):
-        yield
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 @pytest.mark.parametrize("suffix", [".ecsv", ".csv", ".fits"])

@@ -7,7 +7,7 @@ from astropy.coordinates import SkyCoord
 from astropy.table import QTable, Table
 from astropy.utils.masked import Masked
 
-from astro_metallicity import acquire, conf, predict_metallicity, predict_metallicity_from_images
+from astro_metallicity import conf, predict_metallicity, predict_metallicity_from_images
 from astro_metallicity.mock import MockSDSS
 from astro_metallicity.model import load_model
 
@@ -18,11 +18,7 @@ def sdss():
         yield server
 
 
-@pytest.fixture(autouse=True)
-def _fast_retries():
-    with conf.set_temp("retry_backoff", 0.01), conf.set_temp("max_workers", 2):
-        acquire.clear_memory_cache()
-        yield
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 @pytest.fixture(scope="module")
