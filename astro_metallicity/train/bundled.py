@@ -211,7 +211,9 @@ def run_bundled_recipe(args):
         sim_train, sim_val, outputs=("metallicity", "log_mstar"), arch=args.arch,
         input_size=args.input_size, epochs=args.pretrain_epochs, batch_size=args.batch_size,
         max_lr=args.pretrain_lr, weight_decay=0.05, patience=args.patience, seed=args.seed,
-        device=args.device, checkpoint_dir=run_dir / "pretrain", num_workers=args.num_workers,
+        device=args.device, num_workers=args.num_workers,
+        checkpoint_dir=run_dir / (f"pretrain_{args.arch}_{args.input_size}px_e{args.pretrain_epochs}"
+                                  f"_lr{args.pretrain_lr:g}_b{args.batch_size}_s{args.seed}"),
         metadata={"provenance": {"stage": "pretrained on the simulated survey"}})
     timings["pretrain"] = time.perf_counter() - t0
     pretrained = pre.model
@@ -401,7 +403,7 @@ def _parser():
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--input-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--pretrain-epochs", type=int, default=4)
+    p.add_argument("--pretrain-epochs", type=int, default=12)
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--finetune-epochs", type=int, default=20)

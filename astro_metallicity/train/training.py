@@ -195,6 +195,17 @@ def _loss_fn(out, y, n_out, kind):
     return (per * mask).sum() / mask.sum().clamp(min=1)
 
 
+def _head_parameter_names(network):
+    """Names of the parameters of the network's output layer (its last layer with weights)."""
+    last = None
+    for name, module in network.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            last = name
+    prefix = f"{last}." if last else ""
+    return {n for n, _ in network.named_parameters() if n.startswith(prefix)
+            and n[len(prefix):].count(".") == 0}
+
+
 def _predict_plain(network, images, metadata, device, batch_size=256):
     """Predictions without test-time augmentation (standardised units), for monitoring."""
     import torch
@@ -232,7 +243,8 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
                 input_size=64, epochs=10, batch_size=64, max_lr=2e-3, weight_decay=0.05,
                 pct_start=0.25, loss="mse+nll", zoom=1.1, patience=5, seed=0, device=None,
                 checkpoint_dir=None, resume=True, init_from=None, stop_after=None,
-                num_workers=0, metadata=None):
+                num_workers=0, metadata=None, backbone_lr_factor=1.0, freeze_batchnorm=False,
+                anchor_strength=0.0):
     """Train or fine-tune the metallicity network.
 
     Parameters
@@ -283,6 +295,17 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
         DataLoader worker processes.
     metadata : dict, optional
         Extra metadata entries (e.g. ``provenance``) merged into the model metadata.
+    backbone_lr_factor : float
+        Learning rate of every layer but the output head, as a fraction of
+        ``max_lr`` (fine-tuning: below 1 keeps pretrained features, the head adapts).
+    freeze_batchnorm : bool
+        Keep the batch-normalisation statistics of the starting network fixed
+        (fine-tuning on few images).
+    anchor_strength : float
+        With ``init_from``: decoupled L2-SP, a pull of the backbone weights towards
+        the pretrained ones, ``w -= lr * anchor_strength * (w - w_pretrained)`` after
+        each step (0 disables it). It limits how far fine-tuning drifts from what
+        pretraining learned.
 
     Returns
     -------
@@ -301,6 +324,14 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
     epochs, batch_size, patience = int(epochs), int(batch_size), int(patience)
     if epochs < 1 or batch_size < 1:
         msg = f"epochs and batch_size must be positive, got {epochs} and {batch_size}"
+        raise ValueError(msg)
+    backbone_lr_factor, anchor_strength = float(backbone_lr_factor), float(anchor_strength)
+    if not 0 < backbone_lr_factor <= 1 or anchor_strength < 0:
+        msg = (f"backbone_lr_factor must be in (0, 1] and anchor_strength >= 0, got "
+               f"{backbone_lr_factor} and {anchor_strength}")
+        raise ValueError(msg)
+    if anchor_strength and init_from is None:
+        msg = "anchor_strength needs init_from (the weights to anchor to)"
         raise ValueError(msg)
     device = _resolve_device(device)
     torch.manual_seed(seed)
@@ -344,11 +375,17 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
     transform = training_transform(meta["input_size"], zoom=zoom)
     dataset = _ArrayDataset(train.images, y_train, transform)
     steps_per_epoch = -(-len(dataset) // batch_size)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=max_lr, weight_decay=weight_decay)
+    head_names = _head_parameter_names(network)
+    head = [p for n, p in network.named_parameters() if n in head_names]
+    backbone = [p for n, p in network.named_parameters() if n not in head_names]
+    optimizer = torch.optim.AdamW(
+        [{"params": backbone, "lr": max_lr * backbone_lr_factor},
+         {"params": head, "lr": max_lr}], lr=max_lr, weight_decay=weight_decay)
+    anchors = [p.detach().clone() for p in backbone] if anchor_strength else []
     # OneCycleLR needs >= 2 steps in each phase; tiny runs get a slightly longer schedule.
     total_steps = max(epochs * steps_per_epoch, 4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=total_steps,
+        optimizer, max_lr=[max_lr * backbone_lr_factor, max_lr], total_steps=total_steps,
         pct_start=min(max(pct_start, 2.0 / total_steps), 1 - 2.0 / total_steps))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     stage = {"n_train": len(train), "n_val": 0 if val is None else len(val), "epochs": epochs,
@@ -357,6 +394,10 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
              "loss": loss, "augmentation": f"dihedral (flip + rot90), zoom <= {zoom}",
              "seed": seed, "patience": patience, "init_from": None if init_from is None
              else str(getattr(init_from, "path", init_from)), "device": device.type}
+    if init_from is not None:
+        stage.update({"backbone_lr_factor": backbone_lr_factor,
+                      "freeze_batchnorm": bool(freeze_batchnorm),
+                      "anchor_strength": anchor_strength})
 
     history, best_epoch, best_score, bad_epochs, start_epoch = [], -1, np.inf, 0, 0
     best_state = copy.deepcopy(network.state_dict())
@@ -369,10 +410,15 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
         if resume and ckpt_path.is_file():
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             old_stage = json.loads(ckpt["stage"])
-            keys = ("n_train", "epochs", "batch_size", "max_lr", "seed", "loss")
-            if any(old_stage.get(k) != stage[k] for k in keys):
+            keys = ("n_train", "epochs", "batch_size", "max_lr", "seed", "loss",
+                    "backbone_lr_factor", "freeze_batchnorm", "anchor_strength")
+            # stages written before the fine-tuning options existed used their defaults
+            defaults = {"backbone_lr_factor": 1.0, "freeze_batchnorm": False,
+                        "anchor_strength": 0.0}
+            if any(old_stage.get(k, defaults.get(k)) != stage.get(k, defaults.get(k))
+                   for k in keys):
                 msg = (f"checkpoint {ckpt_path} belongs to another run "
-                       f"({ {k: old_stage.get(k) for k in keys} }); use another checkpoint_dir "
+                       f"({ {k: old_stage.get(k, defaults.get(k)) for k in keys} }); use another checkpoint_dir "
                        "or resume=False")
                 raise ValueError(msg)
             network.load_state_dict(ckpt["network"])
@@ -418,6 +464,10 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
             num_workers=num_workers, drop_last=False,
             pin_memory=device.type == "cuda", persistent_workers=False)
         network.train()
+        if freeze_batchnorm:
+            for module in network.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         total, count = 0.0, 0
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
@@ -435,6 +485,11 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
             torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
             scaler.step(optimizer)
             scaler.update()
+            if anchors:
+                lr_backbone = optimizer.param_groups[0]["lr"]
+                with torch.no_grad():
+                    for p, p0 in zip(backbone, anchors, strict=True):
+                        p.sub_(p - p0, alpha=lr_backbone * anchor_strength)
             scheduler.step()
             total += float(batch_loss.detach()) * len(images)
             count += len(images)

@@ -132,3 +132,39 @@ def test_train_model_argument_errors(labelled_set):
         train_model(42, **KW)
     with pytest.raises(ValueError, match="epochs and batch_size must be positive"):
         train_model(labelled_set, epochs=0, **KW)
+    with pytest.raises(ValueError, match="backbone_lr_factor must be in"):
+        train_model(labelled_set, backbone_lr_factor=0, **KW)
+    with pytest.raises(ValueError, match="anchor_strength needs init_from"):
+        train_model(labelled_set, anchor_strength=1.0, **KW)
+
+
+def _backbone_distance(network, reference):
+    """Summed squared distance of all weights but the output layer's (the tiny net's '10.')."""
+    ref = reference.state_dict()
+    return sum(float(((p.detach() - ref[n]) ** 2).sum()) for n, p in network.named_parameters()
+               if not n.startswith("10."))
+
+
+def test_fine_tune_options_keep_pretrained_features(labelled_set):
+    pre = train_model(labelled_set.subset(np.arange(64)), epochs=1, seed=0, **KW).model
+    real = labelled_set.subset(np.arange(64, 160))
+    tune = {"epochs": 2, "seed": 0, "init_from": pre, "batch_size": 32, "max_lr": 1e-2,
+            "device": "cpu"}
+    plain = train_model(real, **tune).model
+    slow = train_model(real, backbone_lr_factor=0.01, **tune).model
+    # lr * anchor_strength = 1 at the peak: the backbone snaps back to the pretrained weights
+    anchored = train_model(real, anchor_strength=100.0, **tune).model
+    moved = _backbone_distance(plain.network, pre.network)
+    assert moved > 0
+    assert _backbone_distance(slow.network, pre.network) < 0.05 * moved
+    assert _backbone_distance(anchored.network, pre.network) < 0.2 * moved
+    # the output layer still learns at the full rate
+    assert not torch.equal(slow.network[10].weight, pre.network[10].weight)
+
+    frozen = train_model(real, freeze_batchnorm=True, **tune).model
+    for name in ("1.running_mean", "1.running_var", "4.running_mean"):
+        torch.testing.assert_close(frozen.network.state_dict()[name], pre.network.state_dict()[name])
+        assert not torch.equal(plain.network.state_dict()[name], pre.network.state_dict()[name])
+    stage = anchored.metadata["training"][-1]
+    assert stage["anchor_strength"] == 100.0 and stage["backbone_lr_factor"] == 1.0
+    assert frozen.metadata["training"][-1]["freeze_batchnorm"] is True
