@@ -74,8 +74,8 @@ def main(argv=None):
                            "torch": torch.__version__}
     train = synthetic_cutouts(args.n_train, seed=1)
     val = synthetic_cutouts(512, seed=2)
-    common = dict(arch="resnet18", input_size=64, batch_size=args.batch_size, max_lr=2e-3,
-                  seed=0, device=device, num_workers=args.num_workers)
+    common = {"arch": "resnet18", "input_size": 64, "batch_size": args.batch_size,
+              "max_lr": 2e-3, "seed": 0, "device": device, "num_workers": args.num_workers}
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
