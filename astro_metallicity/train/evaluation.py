@@ -47,6 +47,7 @@ __all__ = [
     "plot_pred_vs_true",
     "predict_baselines",
     "regression_report",
+    "rmse_difference",
     "write_report",
 ]
 
@@ -128,6 +129,45 @@ def regression_report(true, pred, err=None, *, outlier_threshold=None):
     if err is not None:
         report["coverage_1sigma"] = coverage(true, pred, err)
     return report
+
+
+def rmse_difference(true, pred, reference, *, n_boot=1000, seed=0):
+    """How much lower the RMSE of ``pred`` is than that of ``reference``, with a 95% interval.
+
+    The interval comes from a paired bootstrap: the same resampled galaxies score
+    both predictions, so it measures whether one beats the other on this test
+    set, not just the scatter of each RMSE.
+
+    Parameters
+    ----------
+    true, pred, reference : array-like
+        Truth, the predictions being tested and the reference (baseline) predictions;
+        galaxies with a NaN in any of them are left out.
+    n_boot : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resampling.
+
+    Returns
+    -------
+    result : dict
+        ``difference`` (reference RMSE - pred RMSE, dex; positive: ``pred`` is
+        better), ``relative`` (difference / reference RMSE), ``ci95`` (2.5th and
+        97.5th percentiles of the bootstrap differences) and ``n``.
+    """
+    true, pred, reference = (np.asarray(a, dtype=float) for a in (true, pred, reference))
+    ok = np.isfinite(true) & np.isfinite(pred) & np.isfinite(reference)
+    sq_pred, sq_ref = (pred[ok] - true[ok]) ** 2, (reference[ok] - true[ok]) ** 2
+    n = len(sq_pred)
+    if n == 0:
+        return {"difference": float("nan"), "relative": float("nan"),
+                "ci95": [float("nan"), float("nan")], "n": 0}
+    ref_rmse = np.sqrt(sq_ref.mean())
+    difference = ref_rmse - np.sqrt(sq_pred.mean())
+    index = np.random.default_rng(seed).integers(0, n, (int(n_boot), n))
+    boot = np.sqrt(sq_ref[index].mean(axis=1)) - np.sqrt(sq_pred[index].mean(axis=1))
+    return {"difference": float(difference), "relative": float(difference / ref_rmse),
+            "ci95": [float(v) for v in np.percentile(boot, [2.5, 97.5])], "n": int(n)}
 
 
 def binned_bias(x, true, pred, edges):
@@ -331,7 +371,8 @@ def evaluate(model, test, *, baselines=None, train=None, figures_dir=None, label
     -------
     report : dict
         JSON-serialisable metrics: ``cnn`` (metallicity), ``cnn_log_mstar`` when the
-        model predicts it and labels exist, ``baselines``, ``bias_by_mass``,
+        model predicts it and labels exist, ``baselines``, ``rmse_gain_over_baselines``
+        (`rmse_difference` of the CNN against each baseline), ``bias_by_mass``,
         ``bias_by_metallicity``, ``figures``.
     predictions : dict, optional
         With ``return_predictions=True``: ``'true'``, ``'cnn'``, ``'cnn_err'`` and one
@@ -355,6 +396,9 @@ def evaluate(model, test, *, baselines=None, train=None, figures_dir=None, label
     base_pred = predict_baselines(baselines, test)
     report["baselines"] = {name: regression_report(true, values, outlier_threshold=threshold)
                            for name, values in base_pred.items()}
+    report["rmse_gain_over_baselines"] = {
+        name: rmse_difference(true, pred["metallicity"], values)
+        for name, values in base_pred.items()}
     if np.isfinite(mass_true).any():
         report["bias_by_mass"] = binned_bias(mass_true, true, pred["metallicity"], mass_bins)
     report["bias_by_metallicity"] = binned_bias(true, true, pred["metallicity"],

@@ -16,6 +16,7 @@ from astro_metallicity.train import (
     photometry_features,
     regression_report,
     residual_metrics,
+    rmse_difference,
 )
 
 
@@ -111,11 +112,33 @@ def test_evaluate_report_matches_hand_computation(labelled_set, tmp_path):
     train_mean = np.mean(train.targets(["metallicity"])[:, 0])
     assert report["baselines"]["training_mean"]["bias"] == pytest.approx(np.mean(train_mean - true))
     np.testing.assert_allclose(preds["cnn"], pred)
+    gain = report["rmse_gain_over_baselines"]["mzr"]
+    assert gain["difference"] == pytest.approx(np.sqrt(np.mean(mzr_r**2)) - np.sqrt(np.mean(r**2)))
+    assert gain["ci95"][0] < gain["difference"] < gain["ci95"][1]
     assert len(report["bias_by_mass"]) == 6 and len(report["bias_by_metallicity"]) == 5
     assert sum(row["n"] for row in report["bias_by_mass"]) == np.sum((mass >= 8.5) & (mass < 11.5))
     for name in ("sim_pred_vs_true.png", "sim_mzr.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     json.dumps(report, allow_nan=False)
+
+
+def test_rmse_difference_by_hand():
+    true = np.array([8.5, 8.7, 8.9, 9.1, np.nan])
+    pred = np.array([8.6, 8.6, 9.0, 9.0, 9.0])  # residuals all 0.1 in size
+    worse = true + 0.3
+    result = rmse_difference(true, pred, worse, n_boot=200)
+    assert result["n"] == 4
+    assert result["difference"] == pytest.approx(0.2)
+    assert result["relative"] == pytest.approx(0.2 / 0.3)
+    # every resample has the same residual sizes: the interval collapses on 0.2
+    np.testing.assert_allclose(result["ci95"], [0.2, 0.2])
+    # a tie with noise: the interval straddles 0
+    rng = np.random.default_rng(3)
+    truth = rng.normal(8.9, 0.2, 2000)
+    a, b = truth + rng.normal(0, 0.1, 2000), truth + rng.normal(0, 0.1, 2000)
+    tie = rmse_difference(truth, a, b)
+    assert tie["ci95"][0] < 0 < tie["ci95"][1]
+    assert np.isnan(rmse_difference([np.nan], [1.0], [1.0])["difference"])
 
 
 def test_fit_baselines_learn_colour(labelled_set):
