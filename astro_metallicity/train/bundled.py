@@ -207,13 +207,14 @@ def run_bundled_recipe(args):
 
     # 3. pretraining
     t0 = time.perf_counter()
+    pretrain_dir = run_dir / (f"pretrain_{args.arch}_{args.input_size}px_e{args.pretrain_epochs}"
+                              f"_lr{args.pretrain_lr:g}_b{args.batch_size}_s{args.seed}")
     pre = train_model(
         sim_train, sim_val, outputs=("metallicity", "log_mstar"), arch=args.arch,
         input_size=args.input_size, epochs=args.pretrain_epochs, batch_size=args.batch_size,
         max_lr=args.pretrain_lr, weight_decay=0.05, patience=args.patience, seed=args.seed,
         device=args.device, num_workers=args.num_workers,
-        checkpoint_dir=run_dir / (f"pretrain_{args.arch}_{args.input_size}px_e{args.pretrain_epochs}"
-                                  f"_lr{args.pretrain_lr:g}_b{args.batch_size}_s{args.seed}"),
+        checkpoint_dir=pretrain_dir,
         metadata={"provenance": {"stage": "pretrained on the simulated survey"}})
     timings["pretrain"] = time.perf_counter() - t0
     pretrained = pre.model
@@ -227,7 +228,8 @@ def run_bundled_recipe(args):
     report["sim_test_pretrained"] = evaluate(pretrained, sim_test, baselines=baselines,
                                              figures_dir=figures, label="sim_test_pretrained")
     report["sim_test_pretrained"]["error_scale_from_sim_val"] = sim_scale
-    save_model(pretrained.network, pretrained.metadata, run_dir / "pretrained_model", half=False)
+    save_model(pretrained.network, pretrained.metadata, pretrain_dir / "pretrained_model",
+               half=False)
 
     # 4. real JPEGs: fixed split, fine-tuning
     real_dir = Path(args.real_data)
@@ -257,9 +259,16 @@ def run_bundled_recipe(args):
         ft_train, real_val, init_from=pretrained, epochs=args.finetune_epochs,
         batch_size=32, max_lr=args.finetune_lr, weight_decay=0.05,
         patience=args.finetune_patience, seed=args.seed, device=args.device,
-        checkpoint_dir=run_dir / (f"finetune_x{args.real_repeat}_replay{len(replay)}_"
-                               f"lr{args.finetune_lr:g}_e{args.finetune_epochs}"
-                               f"_p{args.finetune_patience}"),
+        backbone_lr_factor=args.finetune_backbone_lr_factor,
+        freeze_batchnorm=args.finetune_freeze_batchnorm,
+        anchor_strength=args.finetune_anchor_strength,
+        # under the pretraining's folder: a new pretraining never reuses an old fine-tune
+        checkpoint_dir=pretrain_dir / (
+            f"finetune_x{args.real_repeat}_replay{len(replay)}_lr{args.finetune_lr:g}"
+            f"_e{args.finetune_epochs}_p{args.finetune_patience}"
+            f"_bb{args.finetune_backbone_lr_factor:g}"
+            f"{'_frozenbn' if args.finetune_freeze_batchnorm else ''}"
+            f"_anchor{args.finetune_anchor_strength:g}"),
         num_workers=0,
         metadata={"provenance": {"stage": "pretrained on the simulated survey, fine-tuned on "
                                           "320 real SDSS ImgCutout JPEGs"}})
@@ -411,6 +420,14 @@ def _parser():
     p.add_argument("--finetune-patience", type=int, default=20,
                    help="early-stopping patience of fine-tuning (the best epoch on the real "
                         "validation set is kept either way)")
+    p.add_argument("--finetune-backbone-lr-factor", type=float, default=1.0,
+                   help="fine-tuning learning rate of all layers but the head, as a fraction "
+                        "of --finetune-lr")
+    p.add_argument("--finetune-freeze-batchnorm", action=argparse.BooleanOptionalAction,
+                   default=True,
+                   help="keep the pretrained batch-normalisation statistics while fine-tuning")
+    p.add_argument("--finetune-anchor-strength", type=float, default=0.0,
+                   help="decoupled L2-SP pull of the backbone towards the pretrained weights")
     p.add_argument("--real-repeat", type=int, default=2,
                    help="times each real training JPEG appears per fine-tuning epoch")
     p.add_argument("--replay", type=int, default=640,

@@ -56,3 +56,33 @@ def test_bundled_real_split_is_fixed():
     assert not set(train) & set(val)
     _, val2 = real_split(ids)
     np.testing.assert_array_equal(val, val2)
+
+
+def test_bundled_recipe_end_to_end_in_miniature(shared_data, tmp_path):
+    """The whole recipe (simulate, build, pretrain, fine-tune, evaluate, write) at toy size."""
+    from astro_metallicity.model import load_model
+    from astro_metallicity.train.bundled import main
+
+    work, out, report_path = tmp_path / "work", tmp_path / "out", tmp_path / "report.json"
+    args = ["--work-dir", str(work), "--output-dir", str(out), "--report", str(report_path),
+            "--real-data", str(shared_data / "sdss-gri-jpeg-400"), "--n-sim", "400",
+            "--min-sim", "300", "--n-fresh", "60", "--arch", "tiny", "--input-size", "16",
+            "--pretrain-epochs", "1", "--finetune-epochs", "1", "--real-only-epochs", "1",
+            "--replay", "32", "--calibration-size", "40", "--device", "cpu"]
+    assert main(args) == 0
+    report = json.loads(report_path.read_text())
+    n = report["sim_data"]
+    assert n["n_train"] + n["n_val"] + n["n_test"] == n["n_good_cutouts"] >= 300
+    assert report["real_data"]["n_train"] == 320 and report["real_data"]["n_val"] == 80
+    assert report["sim_test"]["n"] == n["n_test"]
+    assert {"mzr", "gri_photometry"} <= set(report["sim_test"]["rmse_gain_over_baselines"])
+    assert report["fresh_sim_sky"]["n"] > 40
+    model = load_model(out / "metallicity_resnet18.pt", device="cpu")
+    stages = model.metadata["training"]
+    assert len(stages) == 2 and stages[1]["freeze_batchnorm"] is True
+    assert model.metadata["provenance"]["real_val_objids"] == report["real_data"]["val_objids"]
+    # fine-tuning sits under its pretraining: a new pretraining never reuses it
+    store_dir = next(p for p in work.iterdir() if p.is_dir() and p.name.startswith("sim_"))
+    pretrain_dir = next(store_dir.glob("pretrain_tiny_16px_e1_*"))
+    assert (pretrain_dir / "pretrained_model.pt").is_file()
+    assert len(list(pretrain_dir.glob("finetune_*/best.pt"))) == 1
