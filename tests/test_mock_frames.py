@@ -144,7 +144,8 @@ def test_band_offsets_and_centroids():
             st = img[iy - 30:iy + 31, ix - 30:ix + 31]
             yy, xx = np.mgrid[-30:31, -30:31]
             cx, cy = (st * xx).sum() / st.sum() + ix, (st * yy).sum() / st.sum() + iy
-            assert abs(cx - x) < 0.05 and abs(cy - y) < 0.05
+            # 0.1 px: asymmetric spiral arms (m = 3) move the light centroid slightly
+            assert abs(cx - x) < 0.1 and abs(cy - y) < 0.1
             checked += 1
     assert checked >= 3
 
@@ -226,7 +227,10 @@ def test_cutout_across_ra_zero():
         expected = 10 ** (-0.4 * (c["modelMag_r"][j].value - 22.5))
         assert 0.2 * expected < r.sum() <= 1.01 * expected
         # the same position written as a negative RA gives the same pixels
-        np.testing.assert_array_equal(sky.cutout(ra[j] - 360.0, c["dec"][j].value, 0.396, 41, 41, bands="r")[0], r)
+        # (to float32 rounding: ra - 360 loses a few bits of the coordinate)
+        np.testing.assert_allclose(
+            sky.cutout(ra[j] - 360.0, c["dec"][j].value, 0.396, 41, 41, bands="r")[0], r,
+            rtol=1e-5, atol=1e-5 * r.max())
         jpeg = sky.cutout_jpeg(ra[j], c["dec"][j].value, scale=0.396, width=41, height=41)
         from io import BytesIO
 

@@ -326,7 +326,7 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
                      + rng.normal(0.0, metallicity_scatter, m))
         # sizes and structure (Shen et al. 2003, late types)
         mass = 10 ** logm
-        r50_kpc = 0.10 * mass ** 0.14 * (1 + mass / 3.98e10) ** (0.39 - 0.14)
+        r50_kpc = _median_r50_kpc(logm)
         sig_ln = 0.34 + (0.47 - 0.34) / (1 + (mass / 3.98e10) ** 2)
         gal["r50_kpc"] = r50_kpc * np.exp(rng.normal(0.0, 1.0, m) * sig_ln)
         gal["bt"] = np.clip(0.12 + 0.22 * (logm - 10.0) + rng.normal(0, 0.08, m), 0.0, 0.7)
@@ -527,20 +527,52 @@ def _photometry(rng, z, logm, distmod):
     return out
 
 
+def _median_r50_kpc(logm):
+    """Median half-light radius (kpc) of late-type galaxies (Shen et al. 2003)."""
+    mass = 10 ** np.asarray(logm, dtype=float)
+    return 0.10 * mass ** 0.14 * (1 + mass / 3.98e10) ** (0.39 - 0.14)
+
+
+def _disk_dimming(tau_v, cos_i, bt, band):
+    """Disk attenuation (mag) and observed/intrinsic flux of a bulge + dusty-disk galaxy."""
+    wb = _BULGE_WEIGHT[band]
+    fb = bt * wb / (bt * wb + (1 - bt))  # intrinsic bulge share of the flux
+    a_disk = slab_attenuation(DUST_K[band] * tau_v, cos_i)
+    return a_disk, fb, fb + (1 - fb) * 10 ** (-0.4 * a_disk)
+
+
+def _typical_galaxy_dimming(logm, tau0, band):
+    """Flux dimming (observed/intrinsic) by disk dust of a typical galaxy of mass ``logm``.
+
+    Typical: MZR metallicity, mean specific SFR, median size and bulge fraction,
+    median inclination (cos i = 0.5).
+    """
+    x = np.clip(logm, _LOGM_MIN, _LOGM_MAX)
+    sigma_sfr = 10 ** (x + _ssfr_mean(x)) / (2 * np.pi * _median_r50_kpc(x) ** 2)
+    tau_v = tau0 * 10 ** (tremonti_mzr(x) - 8.9) * (sigma_sfr / _SIGMA_SFR_REF) ** _SIGMA_SFR_INDEX
+    bt = np.clip(0.12 + 0.22 * (x - 10.0), 0.0, 0.7)
+    return _disk_dimming(tau_v, 0.5, bt, band)[2]
+
+
 def _apply_disk_dust(gal, logsfr, tau0):
-    """Dim the disks of ``gal`` (in place): observed mags, bulge fractions, errors, dust truth."""
+    """Dim the disks of ``gal`` (in place): observed mags, bulge fractions, errors, dust truth.
+
+    The colour-mass locus and the M/L of `_photometry` (Taylor et al. 2011) describe
+    observed, dust-reddened galaxies, so the dust is applied relative to a typical
+    galaxy of the same mass: that galaxy keeps its locus magnitudes, and a disk
+    dustier than typical (metal-richer, more inclined, denser) is redder and fainter,
+    a less dusty one bluer and brighter.
+    """
     sigma_sfr = 10 ** logsfr / (2 * np.pi * gal["r50_kpc"] ** 2)
     tau_v = tau0 * 10 ** (gal["oh"] - 8.9) * (sigma_sfr / _SIGMA_SFR_REF) ** _SIGMA_SFR_INDEX
     gal["tau_v"] = tau_v
     bt = gal["bt"]
     for b in BANDS:
-        wb = _BULGE_WEIGHT[b]
-        fb = bt * wb / (bt * wb + (1 - bt))  # intrinsic bulge share of the flux
-        a_disk = slab_attenuation(DUST_K[b] * tau_v, gal["cos_i"])
-        total = fb + (1 - fb) * 10 ** (-0.4 * a_disk)  # observed / intrinsic flux
+        a_disk, fb, total = _disk_dimming(tau_v, gal["cos_i"], bt, b)
         gal[f"dust_disk_{b}"] = a_disk
         gal[f"bulge_frac_{b}"] = fb / total
-        gal[f"mag_{b}"] = gal[f"mag_{b}"] - 2.5 * np.log10(total)
+        typical = _typical_galaxy_dimming(gal["logm"], tau0, b)
+        gal[f"mag_{b}"] = gal[f"mag_{b}"] - 2.5 * np.log10(total / typical)
         # errors from a sky-limited 53.9 s SDSS exposure (rough)
         gal[f"err_{b}"] = np.hypot(0.01, 0.02 * 10 ** (0.4 * (gal[f"mag_{b}"] - 18.0)) * (2.0 if b in "uz" else 1.0))
 

@@ -412,7 +412,7 @@ def _parser():
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--input-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--pretrain-epochs", type=int, default=12)
+    p.add_argument("--pretrain-epochs", type=int, default=6)
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--finetune-epochs", type=int, default=20)
