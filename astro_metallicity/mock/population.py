@@ -41,7 +41,12 @@ k = 1.579 (u), 1.194 (g), 0.869 (r), 0.653 (i), 0.487 (z) (`DUST_K`). This gives
 typical disk A_V of 0.3-1 mag, more for metal-rich and edge-on disks, the strong
 inclination dependence of disk attenuation (Giovanelli et al. 1994, AJ 107, 2036;
 Unterborn & Ryden 2008, ApJ 687, 976; Masters et al. 2010, MNRAS 404, 792).
-Bulges are taken as dust free. **This prescription is the only channel through which
+Bulges are taken as dust free. The colour-mass locus and M/L above describe
+observed (reddened) galaxies, so magnitudes are dimmed relative to a typical galaxy
+of the same mass (MZR metallicity, mean sSFR, median size and bulge fraction,
+cos i = 0.5), which keeps the locus colours: the mean colours stay those of real
+star-forming galaxies and the dust adds the galaxy-to-galaxy differences.
+**This prescription is the only channel through which
 the images carry the intrinsic (0.08 dex) metallicity scatter at fixed mass and SFR**:
 it is a design choice of the test bed, so an accuracy reached on the simulation says
 nothing about real galaxies.
