@@ -363,11 +363,8 @@ def run_bundled_recipe(args):
         "astro_metallicity_version": __version__,
     }
     meta["metrics"] = {
-        "sim_test": {"cnn": report["sim_test"]["cnn"],
-                     "baselines": report["sim_test"]["baselines"]},
-        "real_val": {"cnn": report["real_val"]["cnn"],
-                     "baselines": report["real_val"]["baselines"]},
-    }
+        key: {k: report[key][k] for k in ("cnn", "baselines", "rmse_gain_over_baselines")}
+        for key in ("sim_test", "real_val")}
     out_dir = Path(args.output_dir)
     pt = save_model(model.network, meta, out_dir / args.model_name, half=True)
     report["model_file"] = _relative(pt)
