@@ -96,6 +96,18 @@ def real_split(objids, *, seed=REAL_SPLIT_SEED, n_val=80):
     return np.sort(ids[order[n_val:]]), np.sort(ids[order[:n_val]])
 
 
+def interpolate_weights(start, end, fraction):
+    """Weights a ``fraction`` of the way from ``start`` to ``end`` (state dicts).
+
+    Interpolating between the pretrained and the fine-tuned weights (WiSE-FT,
+    Wortsman et al. 2022, CVPR) trades what fine-tuning gained on the new data
+    against what pretraining knew; integer buffers (BatchNorm counters) are taken
+    from ``end``.
+    """
+    return {k: (1 - fraction) * start[k] + fraction * v if v.is_floating_point() else v
+            for k, v in end.items()}
+
+
 def _relative(path):
     """Path relative to the repository when inside it (for reports)."""
     path = Path(path).resolve()
@@ -274,6 +286,13 @@ def run_bundled_recipe(args):
                                           "320 real SDSS ImgCutout JPEGs"}})
     timings["finetune"] = time.perf_counter() - t0
     model = fine.model
+    if args.finetune_interpolation != 1.0:
+        model.network.load_state_dict(interpolate_weights(
+            pretrained.network.state_dict(), model.network.state_dict(),
+            args.finetune_interpolation))
+        model.metadata["training"][-1]["weight_interpolation"] = (
+            f"{1 - args.finetune_interpolation:g} x pretrained + "
+            f"{args.finetune_interpolation:g} x fine-tuned weights (WiSE-FT)")
     # How much of the simulated skill survives fine-tuning (simulated validation split,
     # no test-time augmentation): the criterion for choosing the replay fraction.
     from .training import _predict_plain, _to_physical
@@ -412,7 +431,7 @@ def _parser():
     p.add_argument("--pretrain-epochs", type=int, default=6)
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
     p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--finetune-epochs", type=int, default=20)
+    p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--finetune-lr", type=float, default=3e-4)
     p.add_argument("--finetune-patience", type=int, default=20,
                    help="early-stopping patience of fine-tuning (the best epoch on the real "
@@ -425,9 +444,12 @@ def _parser():
                    help="keep the pretrained batch-normalisation statistics while fine-tuning")
     p.add_argument("--finetune-anchor-strength", type=float, default=0.0,
                    help="decoupled L2-SP pull of the backbone towards the pretrained weights")
+    p.add_argument("--finetune-interpolation", type=float, default=1.0,
+                   help="final weights: this fraction of the way from the pretrained to the "
+                        "fine-tuned ones (1: the fine-tuned weights; WiSE-FT)")
     p.add_argument("--real-repeat", type=int, default=2,
                    help="times each real training JPEG appears per fine-tuning epoch")
-    p.add_argument("--replay", type=int, default=640,
+    p.add_argument("--replay", type=int, default=2560,
                    help="simulated training cutouts mixed into the fine-tuning set")
     p.add_argument("--real-only-epochs", type=int, default=60,
                    help="epochs of the real-only comparison CNN (0 to skip)")

@@ -378,14 +378,17 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
     head_names = _head_parameter_names(network)
     head = [p for n, p in network.named_parameters() if n in head_names]
     backbone = [p for n, p in network.named_parameters() if n not in head_names]
-    optimizer = torch.optim.AdamW(
-        [{"params": backbone, "lr": max_lr * backbone_lr_factor},
-         {"params": head, "lr": max_lr}], lr=max_lr, weight_decay=weight_decay)
+    # one parameter group unless the backbone trains more slowly (checkpoints of
+    # either layout resume with the same settings)
+    groups = ([{"params": backbone, "lr": max_lr * backbone_lr_factor},
+               {"params": head, "lr": max_lr}] if backbone_lr_factor != 1.0
+              else [{"params": backbone + head, "lr": max_lr}])
+    optimizer = torch.optim.AdamW(groups, lr=max_lr, weight_decay=weight_decay)
     anchors = [p.detach().clone() for p in backbone] if anchor_strength else []
     # OneCycleLR needs >= 2 steps in each phase; tiny runs get a slightly longer schedule.
     total_steps = max(epochs * steps_per_epoch, 4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[max_lr * backbone_lr_factor, max_lr], total_steps=total_steps,
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps,
         pct_start=min(max(pct_start, 2.0 / total_steps), 1 - 2.0 / total_steps))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     stage = {"n_train": len(train), "n_val": 0 if val is None else len(val), "epochs": epochs,
