@@ -68,7 +68,8 @@ def test_bundled_recipe_end_to_end_in_miniature(shared_data, tmp_path):
             "--real-data", str(shared_data / "sdss-gri-jpeg-400"), "--n-sim", "400",
             "--min-sim", "300", "--n-fresh", "60", "--arch", "tiny", "--input-size", "16",
             "--pretrain-epochs", "1", "--finetune-epochs", "1", "--real-only-epochs", "1",
-            "--replay", "32", "--calibration-size", "40", "--device", "cpu"]
+            "--replay", "32", "--calibration-size", "40", "--device", "cpu",
+            "--finetune-interpolation", "0.5"]
     assert main(args) == 0
     report = json.loads(report_path.read_text())
     n = report["sim_data"]
@@ -80,9 +81,22 @@ def test_bundled_recipe_end_to_end_in_miniature(shared_data, tmp_path):
     model = load_model(out / "metallicity_resnet18.pt", device="cpu")
     stages = model.metadata["training"]
     assert len(stages) == 2 and stages[1]["freeze_batchnorm"] is True
+    assert stages[1]["weight_interpolation"].startswith("0.5 x pretrained + 0.5 x fine-tuned")
     assert model.metadata["provenance"]["real_val_objids"] == report["real_data"]["val_objids"]
     # fine-tuning sits under its pretraining: a new pretraining never reuses it
     store_dir = next(p for p in work.iterdir() if p.is_dir() and p.name.startswith("sim_"))
     pretrain_dir = next(store_dir.glob("pretrain_tiny_16px_e1_*"))
     assert (pretrain_dir / "pretrained_model.pt").is_file()
     assert len(list(pretrain_dir.glob("finetune_*/best.pt"))) == 1
+
+
+def test_interpolate_weights_by_hand():
+    import torch
+
+    from astro_metallicity.train.bundled import interpolate_weights
+
+    start = {"w": torch.tensor([0.0, 2.0]), "n": torch.tensor(1)}
+    end = {"w": torch.tensor([4.0, 6.0]), "n": torch.tensor(7)}
+    mixed = interpolate_weights(start, end, 0.25)
+    torch.testing.assert_close(mixed["w"], torch.tensor([1.0, 3.0]))
+    assert int(mixed["n"]) == 7  # integer buffers come from the fine-tuned end
