@@ -195,6 +195,24 @@ def _loss_fn(out, y, n_out, kind):
     return (per * mask).sum() / mask.sum().clamp(min=1)
 
 
+def _regroup(optimizer_state, n_groups):
+    """An optimizer state dict with its parameter groups merged into one or split in two.
+
+    Checkpoints hold either one group (all parameters) or two (backbone, then the
+    head), with the parameters in the same overall order; the settings that decide
+    the layout are checked before resuming, so only the layout can differ.
+    """
+    groups = optimizer_state["param_groups"]
+    if len(groups) == n_groups:
+        return optimizer_state
+    params = [i for g in groups for i in g["params"]]
+    if n_groups == 1:
+        merged = [{**groups[-1], "params": params}]
+    else:  # the head is the last layer: its weight and bias are the last two parameters
+        merged = [{**groups[0], "params": params[:-2]}, {**groups[0], "params": params[-2:]}]
+    return {**optimizer_state, "param_groups": merged}
+
+
 def _head_parameter_names(network):
     """Names of the parameters of the network's output layer (its last layer with weights)."""
     last = None
@@ -425,8 +443,12 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
                        "or resume=False")
                 raise ValueError(msg)
             network.load_state_dict(ckpt["network"])
-            optimizer.load_state_dict(ckpt["optimizer"])
+            optimizer.load_state_dict(_regroup(ckpt["optimizer"], len(optimizer.param_groups)))
             scheduler.load_state_dict(ckpt["scheduler"])
+            for key in ("base_lrs", "_last_lr"):  # lists of one entry per group
+                values = getattr(scheduler, key, None)
+                if isinstance(values, list) and len(values) != len(optimizer.param_groups):
+                    setattr(scheduler, key, [values[-1]] * len(optimizer.param_groups))
             scaler.load_state_dict(ckpt["scaler"])
             best_state = ckpt["best_state"]
             history = json.loads(ckpt["history"])

@@ -168,3 +168,15 @@ def test_fine_tune_options_keep_pretrained_features(labelled_set):
     stage = anchored.metadata["training"][-1]
     assert stage["anchor_strength"] == 100.0 and stage["backbone_lr_factor"] == 1.0
     assert frozen.metadata["training"][-1]["freeze_batchnorm"] is True
+
+
+def test_optimizer_state_regrouping():
+    """Checkpoints with one parameter group resume into two (backbone, head) and back."""
+    from astro_metallicity.train.training import _regroup
+
+    one = {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1, 2, 3, 4]}]}
+    two = _regroup(one, 2)
+    assert [g["params"] for g in two["param_groups"]] == [[0, 1, 2], [3, 4]]
+    back = _regroup(two, 1)
+    assert back["param_groups"][0]["params"] == [0, 1, 2, 3, 4]
+    assert _regroup(one, 1) is one
