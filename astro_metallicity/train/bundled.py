@@ -17,7 +17,9 @@ Steps (every seed fixed, so the run is reproducible):
    test split is never used for training, early stopping or calibration.
 3. Pretrain a ResNet-18 (64 px input) on the simulated training split.
 4. Fine-tune it on 320 of the 400 real SDSS ImgCutout JPEGs with MPA-JHU labels
-   (``../shared/data/sdss-gri-jpeg-400``), with a fixed 320/80 split
+   (``../shared/data/sdss-gri-jpeg-400``) together with 2,560 replayed simulated
+   cutouts per epoch, BatchNorm statistics frozen (settings chosen with
+   ``benchmarks/finetune_selection.py``, without the 80), with a fixed 320/80 split
    (``REAL_SPLIT_SEED``; the 80 validation objIDs are listed in the report). The
    80 are used for early stopping and for the error calibration only.
 5. Evaluate: simulated test set against the baselines (Tremonti MZR on the
