@@ -62,7 +62,7 @@ def main(argv=None):
 
     import torch
 
-    from astro_metallicity.model import load_model
+    from astro_metallicity.model import load_model, save_model
     from astro_metallicity.train import train_model
 
     device = args.device
@@ -105,15 +105,13 @@ def main(argv=None):
                            freeze_batchnorm=True, anchor_strength=5.0)
         checks["finetune_options_run"] = np.isfinite(fine.history[-1]["train_loss"])
 
-        from astro_metallicity.model import save_model
-
         path = save_model(full.model.network, full.model.metadata, f"{tmp}/model", half=False)
-        gpu = load_model(path, device=device).predict(val.images)["metallicity"]
+        gpu_model = load_model(path, device=device)
+        gpu = gpu_model.predict(val.images)["metallicity"]
         cpu = load_model(path, device="cpu").predict(val.images)["metallicity"]
         figures["cuda_vs_cpu_max_abs_diff_dex"] = float(np.max(np.abs(gpu - cpu)))
         checks["cuda_matches_cpu"] = figures["cuda_vs_cpu_max_abs_diff_dex"] < 0.01
 
-        gpu_model = load_model(path, device=device)
         images = synthetic_cutouts(4096, seed=3).images
         for tta in (False, True):
             gpu_model.predict(images[:256], tta=tta)

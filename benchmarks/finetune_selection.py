@@ -31,7 +31,6 @@ def main(argv=None):
 
     from astro_metallicity.model import MetallicityModel, load_model
     from astro_metallicity.train import (
-        concat_cutouts,
         dataset_from_images,
         read_dataset,
         residual_metrics,
@@ -42,10 +41,10 @@ def main(argv=None):
         SPLIT_SEED,
         _default_shared,
         _select,
+        finetune_set,
         interpolate_weights,
         real_split,
     )
-    from astro_metallicity.train.training import _predict_plain, _to_physical
 
     torch.set_num_threads(1)
     sim = read_dataset(store)
@@ -61,8 +60,7 @@ def main(argv=None):
     def scores(model):
         out = {}
         for name, data in (("sim_val", sim_val), ("held_out_real", real_held)):
-            pred = _to_physical(_predict_plain(model.network, data.images, model.metadata,
-                                               model.device), model.metadata)[:, 0]
+            pred = model.predict(data.images, tta=False)["metallicity"]
             out[name] = residual_metrics(data.targets(["metallicity"])[:, 0], pred)["rmse"]
         return out
 
@@ -70,8 +68,8 @@ def main(argv=None):
     for cfg in configs:
         cfg = dict(cfg)
         name, repeat, n_replay = cfg.pop("name"), cfg.pop("real_repeat", 2), cfg.pop("replay", 640)
-        pick = np.random.default_rng(0).choice(len(sim_train), n_replay, replace=False)
-        fit_set = concat_cutouts([real_fit] * repeat + [sim_train.subset(np.sort(pick))])
+        fit_set, _ = finetune_set(real_fit, sim_train, real_repeat=repeat, n_replay=n_replay,
+                                  seed=0)
         options = {"epochs": 20, "batch_size": 32, "max_lr": 3e-4, "weight_decay": 0.05,
                    "patience": 20, "seed": 0, "device": "cpu", **cfg}
         t0 = time.perf_counter()

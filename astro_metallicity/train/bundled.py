@@ -98,6 +98,25 @@ def real_split(objids, *, seed=REAL_SPLIT_SEED, n_val=80):
     return np.sort(ids[order[n_val:]]), np.sort(ids[order[:n_val]])
 
 
+def finetune_set(real_train, sim_train, *, real_repeat, n_replay, seed):
+    """The fine-tuning set: real cutouts repeated, plus simulated ones replayed.
+
+    Replaying a random sample of the simulated training cutouts keeps the network
+    from forgetting what it learned on the simulation.
+
+    Returns
+    -------
+    finetune, replay : `~astro_metallicity.train.LabelledCutouts`
+        The whole set, and its simulated part.
+    """
+    from .dataset import concat_cutouts
+
+    pick = np.random.default_rng(seed).choice(len(sim_train), min(n_replay, len(sim_train)),
+                                              replace=False)
+    replay = sim_train.subset(np.sort(pick))
+    return concat_cutouts([real_train] * real_repeat + [replay]), replay
+
+
 def interpolate_weights(start, end, fraction):
     """Weights a ``fraction`` of the way from ``start`` to ``end`` (state dicts).
 
@@ -174,7 +193,7 @@ def run_bundled_recipe(args):
     import torch
 
     from ..model import save_model
-    from .dataset import concat_cutouts, dataset_from_images, read_dataset, split_indices
+    from .dataset import dataset_from_images, read_dataset, split_indices
     from .evaluation import (
         calibrate_error_scale,
         coverage,
@@ -260,11 +279,8 @@ def run_bundled_recipe(args):
     # Fine-tuning set: the real training JPEGs (repeated to weight them up) plus a
     # random sample of simulated training cutouts replayed so that the network
     # keeps what it learned on the simulated survey.
-    rng = np.random.default_rng(args.seed)
-    replay = sim_train.subset(np.sort(rng.choice(len(sim_train),
-                                                 min(args.replay, len(sim_train)),
-                                                 replace=False)))
-    ft_train = concat_cutouts([real_train] * args.real_repeat + [replay])
+    ft_train, replay = finetune_set(real_train, sim_train, real_repeat=args.real_repeat,
+                                    n_replay=args.replay, seed=args.seed)
     report["real_data"]["finetune_set"] = (
         f"{args.real_repeat} x {len(real_train)} real + {len(replay)} simulated (replay) "
         "cutouts per epoch")
@@ -297,17 +313,10 @@ def run_bundled_recipe(args):
             f"{args.finetune_interpolation:g} x fine-tuned weights (WiSE-FT)")
     # How much of the simulated skill survives fine-tuning (simulated validation split,
     # no test-time augmentation): the criterion for choosing the replay fraction.
-    from .training import _predict_plain, _to_physical
-
     sim_val_true = sim_val.targets(["metallicity"])[:, 0]
     report["sim_val_no_tta"] = {
-        "pretrained": regression_report(sim_val_true, _to_physical(_predict_plain(
-            pretrained.network, sim_val.images, pretrained.metadata, pretrained.device),
-            pretrained.metadata)[:, 0]),
-        "finetuned": regression_report(sim_val_true, _to_physical(_predict_plain(
-            model.network, sim_val.images, model.metadata, model.device),
-            model.metadata)[:, 0]),
-    }
+        name: regression_report(sim_val_true, m.predict(sim_val.images, tta=False)["metallicity"])
+        for name, m in (("pretrained", pretrained), ("finetuned", model))}
 
     # error calibration on the 80 real validation galaxies, checked by 2-fold split
     true_val = real_val.targets(["metallicity"])[:, 0]
