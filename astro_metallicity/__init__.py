@@ -1,9 +1,11 @@
 """Gas-phase metallicity, 12 + log(O/H), of galaxies from SDSS *gri* images.
 
-The public verbs are re-exported here; torch is imported only when a model
-is loaded, so ``import astro_metallicity`` stays cheap.
+The public verbs and types are re-exported here, loaded on first use (PEP
+562): torch and the network stack are imported only when needed, so
+``import astro_metallicity`` stays cheap.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from ._config import conf
@@ -14,24 +16,27 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-__all__ = [
-    "__version__",
-    "conf",
-    "load_model",
-    "log",
-    "predict_metallicity",
-    "predict_metallicity_from_images",
-]
+# public name -> module that defines it
+_LAZY = {
+    "predict_metallicity": "predict",
+    "predict_metallicity_from_images": "predict",
+    "load_model": "model",
+    "MetallicityModel": "model",
+    "fetch_cutouts": "acquire",
+    "CutoutSet": "acquire",
+    "FetchError": "acquire",
+    "resolve_targets": "targets",
+}
+
+__all__ = ["__version__", "conf", "log", *_LAZY]
 
 
 def __getattr__(name):
-    # PEP 562: keep torch and the network stack out of import time.
-    if name in ("predict_metallicity", "predict_metallicity_from_images"):
-        from . import predict
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
 
-        return getattr(predict, name)
-    if name == "load_model":
-        from .model import load_model
 
-        return load_model
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

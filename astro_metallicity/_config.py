@@ -33,7 +33,8 @@ class Conf(_config.ConfigNamespace):
         "and stretched locally) or 'jpeg' (SkyServer ImgCutout service).",
     )
     device = _config.ConfigItem(
-        "auto", "Torch device for inference: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda', ..."
+        "auto",
+        "Torch device for inference: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda', ...",
     )
     timeout = _config.ConfigItem(60.0, "Timeout in seconds for one HTTP request.", cfgtype="float")
     max_retries = _config.ConfigItem(
@@ -47,9 +48,7 @@ class Conf(_config.ConfigNamespace):
         4, "Number of concurrent downloads.", cfgtype="integer"
     )
     cache_dir = _config.ConfigItem(
-        "",
-        "Directory of the download cache. Empty means "
-        "<astropy cache dir>/astro_metallicity.",
+        "", "Directory of the download cache. Empty means <astropy cache dir>/astro_metallicity."
     )
     batch_size = _config.ConfigItem(64, "Batch size for CNN inference.", cfgtype="integer")
     model_path = _config.ConfigItem(

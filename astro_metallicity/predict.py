@@ -2,8 +2,8 @@
 
 `predict_metallicity` runs the whole pipeline: targets
 (`~astro_metallicity.targets.resolve_targets`) -> cutouts
-(`~astro_metallicity.preprocess.make_cutouts`, which uses
-`astro_metallicity.acquire`) -> CNN (`~astro_metallicity.model.load_model`)
+(`~astro_metallicity.acquire.fetch_cutouts`, which builds them with
+`astro_metallicity.preprocess`) -> CNN (`~astro_metallicity.model.load_model`)
 -> result table (`~astro_metallicity.table.build_result_table`). Cutout size,
 pixel-scale convention and colour stretch come from the model's metadata.
 """
@@ -14,9 +14,13 @@ from pathlib import Path
 import numpy as np
 from astropy import units as u
 from astropy.table import QTable
+from astropy.utils.console import ProgressBar
 
 from ._config import conf
+from .acquire import CutoutSet, fetch_cutouts
 from .logger import log
+from .table import _result_meta, build_result_table
+from .targets import resolve_targets
 
 __all__ = ["predict_metallicity", "predict_metallicity_from_images"]
 
@@ -37,7 +41,7 @@ def _get_model(model, device):
 
 
 def _model_scale(model, scale):
-    """The pixel-scale argument for make_cutouts: explicit, else from the model metadata."""
+    """The pixel-scale argument for fetch_cutouts: explicit, else from the model metadata."""
     if scale is None:
         scale = model.pixel_scale
         if isinstance(scale, str):
@@ -83,7 +87,7 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         A scalar or array SkyCoord, or a table with a SkyCoord column or
         ra/dec columns (see `~astro_metallicity.targets.resolve_targets`).
     source : {'frames', 'jpeg'}, optional
-        Where cutouts come from (see `~astro_metallicity.preprocess.make_cutouts`).
+        Where cutouts come from (see `~astro_metallicity.acquire.fetch_cutouts`).
         Default ``conf.cutout_source``.
     scale : 'adaptive' or `~astropy.units.Quantity`, optional
         Pixel scale of the cutouts. Default: the convention the model was
@@ -94,7 +98,7 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
     device : str, optional
         Torch device (``'cpu'``, ``'cuda'``, ...). Default ``conf.device``.
     return_cutouts : bool
-        Also return the `~astro_metallicity.preprocess.CutoutSet` (one cutout per row).
+        Also return the `~astro_metallicity.acquire.CutoutSet` (one cutout per row).
     progress : bool, optional
         Show a progress bar; default: for tables of 50 rows or more.
 
@@ -110,7 +114,7 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         ``'partial_coverage'``, ``'fetch_failed: ...'``). Predictions are
         masked on flagged rows. ``meta['astro_metallicity']`` records
         versions, data release, source and model provenance and hash.
-    cutouts : `~astro_metallicity.preprocess.CutoutSet`
+    cutouts : `~astro_metallicity.acquire.CutoutSet`
         Only with ``return_cutouts=True``.
 
     Examples
@@ -120,10 +124,6 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
     >>> result = predict_metallicity(SkyCoord(185.0, 1.0, unit="deg"))  # doctest: +SKIP
     >>> result["metallicity"]  # doctest: +SKIP
     """
-    from .preprocess import CutoutSet, make_cutouts
-    from .table import build_result_table, result_meta
-    from .targets import resolve_targets
-
     resolved = resolve_targets(targets)
     model = _get_model(model, device)
     source = conf.cutout_source if source is None else source
@@ -154,15 +154,13 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
     chunks = [idx[k:k + _CHUNK] for k in range(0, idx.size, _CHUNK)]
     bar, done = None, 0
     if progress and len(chunks) > 1:
-        from astropy.utils.console import ProgressBar
-
         bar = ProgressBar(idx.size, ipython_widget=False)
     for chunk in chunks:
         scale_arg = cutout_scale
         if not isinstance(cutout_scale, str) and np.ndim(cutout_scale) == 1:
             scale_arg = cutout_scale[chunk]
-        cut = make_cutouts(resolved.coords[chunk], source=source, scale=scale_arg, size=size,
-                           stretch=model.stretch, progress=progress and bar is None)
+        cut = fetch_cutouts(resolved.coords[chunk], source=source, scale=scale_arg, size=size,
+                            stretch=model.stretch, progress=progress and bar is None)
         flags[chunk] = cut.flags
         scales[chunk] = cut.scales.to_value(u.arcsec / u.pix)
         ok = np.asarray(cut.flags) == ""
@@ -175,7 +173,7 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         if bar is not None:
             bar.update(done)
     good = flags == ""
-    meta = result_meta(model=model, source=source, data_release=conf.data_release,
+    meta = _result_meta(model=model, source=source, data_release=conf.data_release,
                        scale=cutout_scale if isinstance(cutout_scale, str) or
                        np.ndim(cutout_scale) == 0 else "per target")
     result = build_result_table(resolved.table, flags.astype(str), predictions, meta=meta)
@@ -238,8 +236,6 @@ def predict_metallicity_from_images(images, *, model=None, device=None, names=No
         ``image`` plus the prediction columns of `predict_metallicity`;
         unreadable images are flagged ``'unreadable_image: ...'`` and masked.
     """
-    from .table import build_result_table, result_meta
-
     model = _get_model(model, device)
     if isinstance(images, (str, os.PathLike)):
         items = [images]
@@ -276,4 +272,4 @@ def predict_metallicity_from_images(images, *, model=None, device=None, names=No
     predictions = _run_model(model, arrays, flags == "")
     table = QTable({"image": np.asarray(names, dtype=str)})
     return build_result_table(table, flags.astype(str), predictions,
-                              meta=result_meta(model=model, source="images"))
+                              meta=_result_meta(model=model, source="images"))

@@ -1,5 +1,10 @@
 """Preprocessing: calibrated *gri* frames to the colour cutout the CNN reads.
 
+Pure image maths: no network and no target handling (fetching the frames is
+`astro_metallicity.acquire`'s job; it calls `make_cutout`). ``header_wcs``,
+``reproject_band`` and ``subtract_background``, the steps of `make_cutout`,
+stay importable for the tutorials but are not part of the public API.
+
 The network reads the same kind of image SDSS's ImgCutout service serves: an
 8-bit *gri* colour composite with an asinh (Lupton et al. 1999, 2004)
 stretch. The frames route builds that composite locally with
@@ -16,15 +21,10 @@ from astropy import units as u
 __all__ = [
     "SDSS_JPEG_STRETCH",
     "SDSS_PIXEL_SCALE",
-    "CutoutSet",
     "adaptive_scale",
     "cutout_wcs",
     "gri_composite",
-    "header_wcs",
     "make_cutout",
-    "make_cutouts",
-    "reproject_band",
-    "subtract_background",
 ]
 
 #: Parameters of the asinh colour stretch that mimics SDSS ImgCutout JPEGs.
@@ -73,8 +73,7 @@ def gri_composite(g, r, i, *, band_scales=None, q=None, stretch=None):
 
 
 # ---------------------------------------------------------------------------
-# Frames -> cutout (reproject, background, stretch) and the shared high-level
-# entry point `make_cutouts` used by prediction and by the training dataset.
+# Frames -> cutout (reproject, background, stretch)
 # ---------------------------------------------------------------------------
 
 #: Native SDSS imaging pixel scale.
@@ -163,8 +162,6 @@ def header_wcs(header):
     -------
     wcs : `~astropy.wcs.WCS`
     """
-    import warnings
-
     from astropy.wcs import WCS, FITSFixedWarning
 
     with warnings.catch_warnings():
@@ -317,7 +314,7 @@ def make_cutout(frames, center, *, size=128, scale=SDSS_PIXEL_SCALE, stretch=Non
         default `SDSS_JPEG_STRETCH`. Prediction passes the values stored with
         the model.
     background : bool
-        Subtract a residual background per band (`subtract_background`).
+        Subtract a residual background per band (``subtract_background``).
     return_bands : bool
         Also return the float bands and the coverage.
 
@@ -362,145 +359,3 @@ def make_cutout(frames, center, *, size=128, scale=SDSS_PIXEL_SCALE, stretch=Non
     if return_bands:
         return rgb, bands, coverage
     return rgb
-
-
-class CutoutSet:
-    """Cutouts for many targets, as returned by `make_cutouts`.
-
-    Attributes
-    ----------
-    images : `~numpy.ndarray`
-        ``uint8`` ``(N, size, size, 3)``; all zeros where a target failed.
-    flags : `~numpy.ndarray` of str
-        ``''`` where the cutout is good, otherwise the reason
-        (``'bad_coordinates: ...'``, ``'outside_footprint'``,
-        ``'no_petrosian_radius'``, ``'fetch_failed: ...'``, ...).
-    scales : `~astropy.units.Quantity`
-        Pixel scale of each cutout (arcsec/pix; NaN where unknown).
-    source : str
-        ``'frames'`` or ``'jpeg'``.
-    """
-
-    def __init__(self, images, flags, scales, source):
-        self.images = images
-        self.flags = np.asarray(flags, dtype=str)
-        self.scales = scales
-        self.source = source
-
-    @property
-    def good(self):
-        """Boolean mask of usable cutouts."""
-        return self.flags == ""
-
-    def __len__(self):
-        return len(self.flags)
-
-    def __repr__(self):
-        return (f"<CutoutSet: {len(self)} cutouts from {self.source!r}, "
-                f"{int(np.sum(~self.good))} flagged>")
-
-
-def make_cutouts(coords, *, source=None, scale="adaptive", size=128, stretch=None,
-                 progress=False):
-    """Fetch and build *gri* colour cutouts for many positions.
-
-    This is the one path from positions to network input, shared by
-    `~astro_metallicity.predict_metallicity` and the training-set builder.
-    Failures never raise mid-list: they become per-target flags.
-
-    Parameters
-    ----------
-    coords : `~astropy.coordinates.SkyCoord`
-        Scalar or 1-D array of positions.
-    source : {'frames', 'jpeg'}, optional
-        ``'frames'``: SDSS corrected frames from the SAS, reprojected onto a
-        target-centred TAN grid, background-subtracted and stretched with
-        `gri_composite`. ``'jpeg'``: the SkyServer ImgCutout service.
-        Default ``conf.cutout_source``.
-    scale : 'adaptive' or `~astropy.units.Quantity`
-        ``'adaptive'`` (the paper's convention, see `adaptive_scale`; looks
-        petroR90_r up by position), a scalar pixel scale (arcsec/pix, also as
-        text such as ``'0.4 arcsec / pix'``), or
-        one scale per target (e.g. computed from a catalogue's petroR90_r,
-        which saves the look-up).
-    size : int
-        Cutout width and height in pixels.
-    stretch : dict, optional
-        Colour stretch for the frames route (default `SDSS_JPEG_STRETCH`).
-        The jpeg route gets SDSS's own stretch from the server.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    cutouts : `CutoutSet`
-        ``.images`` uint8 ``(N, size, size, 3)``, ``.flags``, ``.scales``.
-    """
-    from astropy.coordinates import SkyCoord
-
-    from . import acquire
-    from ._config import conf
-    from .targets import resolve_targets
-
-    if not isinstance(coords, SkyCoord):
-        msg = (f"coords must be an astropy SkyCoord, got {type(coords).__name__}; for a table "
-               "use astro_metallicity.targets.resolve_targets(table).coords")
-        raise TypeError(msg)
-    source = conf.cutout_source if source is None else source
-    if source not in ("frames", "jpeg"):
-        msg = f"source must be 'frames' or 'jpeg', got {source!r}"
-        raise ValueError(msg)
-    size = int(size)
-    if size < 2:
-        msg = f"size must be at least 2 pixels, got {size}"
-        raise ValueError(msg)
-    resolved = resolve_targets(coords)
-    n = len(resolved)
-    flags = np.array(resolved.flags, dtype=object)
-    good = flags == ""
-
-    # Pixel scales
-    scales = np.full(n, np.nan)
-    if isinstance(scale, str) and scale != "adaptive":
-        try:
-            scale = u.Quantity(scale)  # e.g. '0.4 arcsec / pix'
-        except (TypeError, ValueError):
-            msg = f"scale must be 'adaptive' or an angle per pixel (Quantity), got {scale!r}"
-            raise ValueError(msg) from None
-    if isinstance(scale, str):
-        r90, r90_flags = acquire.lookup_petro_r90(resolved.coords[good])
-        idx = np.flatnonzero(good)
-        scales[idx] = adaptive_scale(r90, size=size).value
-        flags[idx] = np.where(r90_flags == "", flags[idx], r90_flags)
-        # no galaxy found: say 'outside_footprint' where no field covers the position
-        lost = np.flatnonzero(flags == "no_petrosian_radius")
-        if lost.size:
-            try:
-                inside = acquire.in_footprint(resolved.coords[lost])
-            except acquire.FetchError:
-                inside = np.ones(lost.size, dtype=bool)
-            flags[lost[~inside]] = "outside_footprint"
-    else:
-        values = np.broadcast_to(np.atleast_1d(_scale_arcsec(scale)), (n,)) if np.ndim(
-            _scale_arcsec(scale)) == 0 else np.asarray(_scale_arcsec(scale), dtype=float)
-        if values.shape != (n,):
-            msg = (f"scale has {values.size} values for {n} targets; give one scale or one "
-                   "per target")
-            raise ValueError(msg)
-        scales[:] = values
-        bad = good & ~(np.isfinite(scales) & (scales > 0))
-        flags[bad] = "bad_scale"
-    ok = flags == ""
-    images = np.zeros((n, size, size, 3), dtype=np.uint8)
-    idx = np.flatnonzero(ok)
-    if idx.size:
-        if source == "jpeg":
-            imgs, fl = acquire.fetch_jpeg_cutouts(resolved.coords[idx], scales[idx], size,
-                                                  progress=progress)
-        else:
-            imgs, fl = acquire.fetch_frame_cutouts(resolved.coords[idx], scales[idx], size,
-                                                   stretch=stretch, progress=progress)
-        images[idx] = imgs
-        flags[idx] = fl
-    images[flags != ""] = 0
-    return CutoutSet(images, flags.astype(str), scales * u.arcsec / u.pix, source)

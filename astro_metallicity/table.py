@@ -14,18 +14,20 @@ from astropy import units as u
 from astropy.table import QTable
 from astropy.utils.masked import Masked
 
-__all__ = ["OUTPUT_UNITS", "RESULT_COLUMNS", "build_result_table", "file_sha256", "result_meta"]
+from . import __version__
 
-#: Units of the predicted quantities.
-OUTPUT_UNITS = {
+__all__ = ["build_result_table"]
+
+# Units of the predicted quantities.
+_OUTPUT_UNITS = {
     "metallicity": u.dex,
     "metallicity_err": u.dex,
     "log_mstar": u.dex(u.solMass),
     "log_mstar_err": u.dex,
 }
 
-#: Columns the result adds to the input table (``log_mstar*`` only when the model predicts it).
-RESULT_COLUMNS = ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err", "flag")
+# Columns the result adds to the input table (``log_mstar*`` only when the model predicts it).
+_RESULT_COLUMNS = ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err", "flag")
 
 
 def _masked_column(values, mask, unit):
@@ -45,7 +47,7 @@ def _version(name):
         return "not installed"
 
 
-def file_sha256(path, *, chunk=1 << 20):
+def _file_sha256(path, *, chunk=1 << 20):
     """SHA-256 of a file (model provenance).
 
     Parameters
@@ -67,7 +69,7 @@ def file_sha256(path, *, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def result_meta(*, model=None, source=None, scale=None, data_release=None, extra=None):
+def _result_meta(*, model=None, source=None, scale=None, data_release=None, extra=None):
     """Metadata recorded with a result table (plain types, ECSV/FITS friendly).
 
     Parameters
@@ -87,8 +89,6 @@ def result_meta(*, model=None, source=None, scale=None, data_release=None, extra
     -------
     meta : dict
     """
-    from . import __version__
-
     info = {
         "astro_metallicity_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -107,7 +107,7 @@ def result_meta(*, model=None, source=None, scale=None, data_release=None, extra
         md = model.metadata
         info["model"] = {
             "path": str(model.path) if model.path is not None else "",
-            "sha256": file_sha256(model.path) if model.path is not None and model.path.is_file()
+            "sha256": _file_sha256(model.path) if model.path is not None and model.path.is_file()
             else "",
             "arch": md.get("arch", ""),
             "outputs": list(md.get("outputs", [])),
@@ -155,7 +155,7 @@ def build_result_table(table, flags, predictions, *, meta=None):
     if flags.shape != (n,):
         msg = f"flags has {flags.size} entries for a table of {n} rows"
         raise ValueError(msg)
-    clash = [name for name in RESULT_COLUMNS
+    clash = [name for name in _RESULT_COLUMNS
              if name in result.colnames and (name in predictions or name == "flag")]
     if clash:
         msg = (f"the targets table already has column(s) {clash}; rename or remove them "
@@ -169,7 +169,7 @@ def build_result_table(table, flags, predictions, *, meta=None):
         if values.shape != (n,):
             msg = f"predictions[{name!r}] has shape {values.shape}, expected ({n},)"
             raise ValueError(msg)
-        result[name] = _masked_column(values, mask | ~np.isfinite(values), OUTPUT_UNITS[name])
+        result[name] = _masked_column(values, mask | ~np.isfinite(values), _OUTPUT_UNITS[name])
     result["flag"] = flags
     if meta:
         result.meta.update(meta)

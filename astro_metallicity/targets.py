@@ -9,13 +9,13 @@ carried through, so one bad row never stops a table.
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import SkyCoord
+from astropy.coordinates import Angle, SkyCoord
 from astropy.table import QTable, Table
 
-__all__ = ["RA_DEC_NAMES", "ResolvedTargets", "resolve_targets"]
+__all__ = ["ResolvedTargets", "resolve_targets"]
 
-#: Recognised (ra, dec) column-name pairs, tried in this order (case-insensitive).
-RA_DEC_NAMES = (
+# Recognised (ra, dec) column-name pairs, tried in this order (case-insensitive).
+_RA_DEC_NAMES = (
     ("ra", "dec"),
     ("ra_deg", "dec_deg"),
     ("raj2000", "dej2000"),
@@ -29,12 +29,27 @@ RA_DEC_NAMES = (
     ("plug_ra", "plug_dec"),
 )
 
-#: Placeholder position used for rows with unusable coordinates (never fetched).
+# Placeholder position used for rows with unusable coordinates (never fetched).
 _PLACEHOLDER = (0.0, 0.0)
 
 
-class ResolvedTargets:
+class _FlaggedRows:
+    """Rows with a ``flags`` array, ``''`` where a row is usable (shared by the stage results)."""
+
+    @property
+    def good(self):
+        """Boolean mask of rows without a flag."""
+        return self.flags == ""
+
+    def __len__(self):
+        return len(self.flags)
+
+
+class ResolvedTargets(_FlaggedRows):
     """Targets after validation.
+
+    ``len()`` is the number of rows and ``.good`` the boolean mask of the rows
+    without a flag.
 
     Attributes
     ----------
@@ -56,14 +71,6 @@ class ResolvedTargets:
         self.flags = flags
         self.scalar = scalar
 
-    @property
-    def good(self):
-        """Boolean mask of rows without a flag."""
-        return self.flags == ""
-
-    def __len__(self):
-        return len(self.flags)
-
     def __repr__(self):
         return f"<ResolvedTargets: {len(self)} rows, {int(np.sum(~self.good))} flagged>"
 
@@ -74,7 +81,7 @@ def _find_coord_columns(table):
         if isinstance(table[name], SkyCoord):
             return "skycoord", name
     lower = {name.lower(): name for name in table.colnames}
-    for ra, dec in RA_DEC_NAMES:
+    for ra, dec in _RA_DEC_NAMES:
         if ra in lower and dec in lower:
             return "radec", (lower[ra], lower[dec])
     return None
@@ -112,8 +119,6 @@ def _column_to_degrees(col, name, is_ra=False):
 
 def _parse_angle(value, is_ra):
     """Degrees from a number or a sexagesimal string ('10:21:03.5', '10h21m03.5s', '-1d02m')."""
-    from astropy.coordinates import Angle
-
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -147,8 +152,9 @@ def resolve_targets(targets):
     targets : `~astropy.coordinates.SkyCoord`, `~astropy.table.Table` or `~astropy.table.QTable`
         A scalar or array SkyCoord, or a table with either a SkyCoord column
         or a pair of right ascension/declination columns. Recognised names
-        (case-insensitive) are listed in `RA_DEC_NAMES` (``ra``/``dec``,
-        ``RA``/``DEC``, ``ra_deg``/``dec_deg``, ``RAJ2000``/``DEJ2000``, ...).
+        (case-insensitive) include ``ra``/``dec``, ``RA``/``DEC``,
+        ``ra_deg``/``dec_deg``, ``RAJ2000``/``DEJ2000``, ``RA_ICRS``/``DE_ICRS``,
+        ``_RAJ2000``/``_DEJ2000``, ``alpha``/``delta`` and ``PLUG_RA``/``PLUG_DEC``.
         Plain numbers are taken as degrees; Quantity columns may carry any
         angular unit; text columns may hold numbers or sexagesimal strings
         (right ascension in hours, ``'10:21:03.5'``, ``'10h21m03.5s'``;
@@ -183,7 +189,7 @@ def resolve_targets(targets):
         table = QTable(targets, copy=True)
         found = _find_coord_columns(table)
         if found is None:
-            names = ", ".join("/".join(pair) for pair in RA_DEC_NAMES[:4])
+            names = ", ".join("/".join(pair) for pair in _RA_DEC_NAMES[:4])
             msg = (f"targets table has no coordinate columns (columns: {table.colnames}); "
                    f"add a SkyCoord column or ra/dec columns in degrees (recognised names: "
                    f"{names}, ...)")

@@ -27,7 +27,8 @@ def main(argv=None):
 
     import torch
 
-    from astro_metallicity.model import bundled_model_path, load_model, save_untrained_model
+    from astro_metallicity.model import _save_untrained_model as save_untrained_model
+    from astro_metallicity.model import bundled_model_path, load_model
 
     torch.set_num_threads(args.threads)
     path, note = args.model, "given"

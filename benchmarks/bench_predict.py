@@ -42,9 +42,11 @@ def main(argv=None):
     import torch
     from astropy.coordinates import SkyCoord
 
-    from astro_metallicity import acquire, conf, predict_metallicity
+    from astro_metallicity import conf, predict_metallicity
+    from astro_metallicity.acquire._sdss import clear_memory_cache
     from astro_metallicity.mock import MockSDSS
-    from astro_metallicity.model import bundled_model_path, load_model, save_untrained_model
+    from astro_metallicity.model import _save_untrained_model as save_untrained_model
+    from astro_metallicity.model import bundled_model_path, load_model
 
     torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
@@ -67,7 +69,7 @@ def main(argv=None):
         for source in args.sources.split(","):
             with conf.set_temp("cache_dir", f"{tmp.name}/cache-{source}"):
                 for label in ("cold cache", "warm cache"):
-                    acquire.clear_memory_cache()
+                    clear_memory_cache()
                     n_req = len(sdss.requests)
                     tracemalloc.start()
                     t0 = time.perf_counter()

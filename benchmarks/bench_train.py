@@ -28,7 +28,7 @@ def main(argv=None):
     import torch
     from astropy.table import Table
 
-    from astro_metallicity.train import LabelledCutouts, train_model
+    from astro_metallicity.train import LabelledCutouts, TrainingConfig, train_model
 
     torch.set_num_threads(args.threads)
     n = args.batch_size * args.steps
@@ -36,13 +36,12 @@ def main(argv=None):
     images = rng.integers(0, 256, (n, 128, 128, 3), dtype=np.uint8)
     catalog = Table({"oh_p50": rng.normal(8.9, 0.2, n), "lgm_tot_p50": rng.normal(10, 0.5, n)})
     data = LabelledCutouts(images, catalog)
+    config = TrainingConfig(arch=args.arch, input_size=args.input_size, epochs=1,
+                            batch_size=args.batch_size, device=args.device)
     # warm-up epoch (allocations, kernels), then a timed epoch
-    train_model(data.subset(np.arange(args.batch_size * 2)), arch=args.arch,
-                input_size=args.input_size, epochs=1, batch_size=args.batch_size,
-                device=args.device)
+    train_model(data.subset(np.arange(args.batch_size * 2)), config=config)
     t0 = time.perf_counter()
-    result = train_model(data, arch=args.arch, input_size=args.input_size, epochs=1,
-                         batch_size=args.batch_size, device=args.device)
+    result = train_model(data, config=config)
     seconds = time.perf_counter() - t0
     print(json.dumps({
         "benchmark": "training throughput", "arch": args.arch, "input_size": args.input_size,

@@ -63,7 +63,7 @@ def main(argv=None):
     import torch
 
     from astro_metallicity.model import load_model, save_model
-    from astro_metallicity.train import train_model
+    from astro_metallicity.train import TrainingConfig, train_model
 
     device = args.device
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -74,12 +74,13 @@ def main(argv=None):
                            "torch": torch.__version__}
     train = synthetic_cutouts(args.n_train, seed=1)
     val = synthetic_cutouts(512, seed=2)
-    common = {"arch": "resnet18", "input_size": 64, "batch_size": args.batch_size,
-              "max_lr": 2e-3, "seed": 0, "device": device, "num_workers": args.num_workers}
+    config = TrainingConfig(arch="resnet18", input_size=64, epochs=args.epochs,
+                            batch_size=args.batch_size, max_lr=2e-3, seed=0, device=device,
+                            num_workers=args.num_workers)
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        full = train_model(train, val, epochs=args.epochs, checkpoint_dir=f"{tmp}/full", **common)
+        full = train_model(train, val, config, checkpoint_dir=f"{tmp}/full")
         figures["train_seconds"] = round(time.perf_counter() - t0, 2)
         history = full.history
         figures["history"] = [{k: round(v, 4) for k, v in h.items()
@@ -89,10 +90,8 @@ def main(argv=None):
         checks["val_rmse_below_half_scatter"] = (
             min(h["val_metallicity_rmse"] for h in history) < 0.1)
 
-        part = train_model(train, val, epochs=args.epochs, checkpoint_dir=f"{tmp}/resumed",
-                           stop_after=2, **common)
-        resumed = train_model(train, val, epochs=args.epochs, checkpoint_dir=f"{tmp}/resumed",
-                              **common)
+        part = train_model(train, val, config, checkpoint_dir=f"{tmp}/resumed", stop_after=2)
+        resumed = train_model(train, val, config, checkpoint_dir=f"{tmp}/resumed")
         checks["interrupted_run_incomplete"] = not part.completed
         a = full.model.predict(val.images, tta=False)["metallicity"]
         b = resumed.model.predict(val.images, tta=False)["metallicity"]
@@ -100,9 +99,10 @@ def main(argv=None):
         # cuDNN kernels are not bitwise deterministic; the runs agree to well below the error
         checks["resume_matches_uninterrupted"] = figures["resume_max_abs_diff_dex"] < 0.05
 
-        fine = train_model(val, val, init_from=full.model, epochs=2, batch_size=64,
-                           max_lr=3e-4, device=device, backbone_lr_factor=0.1,
-                           freeze_batchnorm=True, anchor_strength=5.0)
+        fine_tuning = TrainingConfig(epochs=2, batch_size=64, max_lr=3e-4, device=device,
+                                     backbone_lr_factor=0.1, freeze_batchnorm=True,
+                                     anchor_strength=5.0)
+        fine = train_model(val, val, fine_tuning, init_from=full.model)
         checks["finetune_options_run"] = np.isfinite(fine.history[-1]["train_loss"])
 
         path = save_model(full.model.network, full.model.metadata, f"{tmp}/model", half=False)

@@ -13,7 +13,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from astro_metallicity.mock import simulate_galaxies, tremonti_mzr
+from astro_metallicity.mock import simulate_galaxies
+from astro_metallicity.relations import tremonti_mzr
 
 
 def _rmse(a, b):

@@ -11,16 +11,28 @@ simulated replay, and prints JSON lines with the RMSE, without test-time
 augmentation, on the simulated validation split and on the 64 held-out real
 galaxies, and for weights interpolated between pretrained and fine-tuned
 (WiSE-FT). Configuration keys: ``name``, ``real_repeat``, ``replay`` and any
-`astro_metallicity.train.train_model` argument. The real JPEGs are read from
+field of `astro_metallicity.train.TrainingConfig`. The real JPEGs are read from
 ``../shared/data/sdss-gri-jpeg-400`` (or ``ASTRO_METALLICITY_SHARED_DATA``).
 """
 
 import copy
+import importlib.util
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "bundled.py"
+
+
+def _recipe():
+    """The bundled-model recipe (a script of the source tree, not an installed module)."""
+    spec = importlib.util.spec_from_file_location("bundled_recipe", _RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv=None):
@@ -31,30 +43,23 @@ def main(argv=None):
 
     from astro_metallicity.model import MetallicityModel, load_model
     from astro_metallicity.train import (
+        TrainingConfig,
         dataset_from_images,
         read_dataset,
-        residual_metrics,
-        split_indices,
         train_model,
     )
-    from astro_metallicity.train.bundled import (
-        SPLIT_SEED,
-        _default_shared,
-        _select,
-        finetune_set,
-        interpolate_weights,
-        real_split,
-    )
+    from astro_metallicity.train._metrics import residual_metrics
 
+    recipe = _recipe()
     torch.set_num_threads(1)
     sim = read_dataset(store)
-    train_part, val_part, _ = split_indices(len(sim), (0.8, 0.1, 0.1), seed=SPLIT_SEED)
-    sim_train, sim_val = sim.subset(train_part), sim.subset(val_part)
-    real_dir = _default_shared() / "sdss-gri-jpeg-400"
+    sim_train, sim_val, _ = sim.split((0.8, 0.1, 0.1), seed=recipe.SPLIT_SEED)
+    real_dir = recipe._default_shared() / "sdss-gri-jpeg-400"
     real = dataset_from_images(real_dir / "images", real_dir / "labels.csv")
-    train_ids, _ = real_split(real.catalog["objID"])  # the 80 validation IDs are not used
+    train_ids, _ = recipe.real_split(real.catalog["objID"])  # the 80 validation IDs are not used
     held_ids = np.sort(np.random.default_rng(7).choice(train_ids, 64, replace=False))
-    real_fit, real_held = _select(real, np.setdiff1d(train_ids, held_ids)), _select(real, held_ids)
+    real_fit = recipe._select(real, np.setdiff1d(train_ids, held_ids))
+    real_held = recipe._select(real, held_ids)
     pretrained = load_model(pretrained_path, device="cpu")
 
     def scores(model):
@@ -68,18 +73,19 @@ def main(argv=None):
     for cfg in configs:
         cfg = dict(cfg)
         name, repeat, n_replay = cfg.pop("name"), cfg.pop("real_repeat", 2), cfg.pop("replay", 640)
-        fit_set, _ = finetune_set(real_fit, sim_train, real_repeat=repeat, n_replay=n_replay,
+        fit_set, _ = recipe.finetune_set(real_fit, sim_train, real_repeat=repeat, n_replay=n_replay,
                                   seed=0)
-        options = {"epochs": 20, "batch_size": 32, "max_lr": 3e-4, "weight_decay": 0.05,
-                   "patience": 20, "seed": 0, "device": "cpu", **cfg}
+        config = TrainingConfig(**{"epochs": 20, "batch_size": 32, "max_lr": 3e-4,
+                                   "weight_decay": 0.05, "patience": 20, "seed": 0,
+                                   "device": "cpu", **cfg})
         t0 = time.perf_counter()
-        tuned = train_model(fit_set, real_held, init_from=pretrained, **options).model
+        tuned = train_model(fit_set, real_held, config, init_from=pretrained).model
         result = {"name": name, "options": cfg, "real_repeat": repeat, "replay": n_replay,
                   **scores(tuned), "seconds": round(time.perf_counter() - t0, 1), "wise": {}}
         tuned_weights = {k: v.clone() for k, v in tuned.network.state_dict().items()}
         for fraction in (0.25, 0.5, 0.75):
             mixed = copy.deepcopy(tuned.network)
-            mixed.load_state_dict(interpolate_weights(pretrained.network.state_dict(),
+            mixed.load_state_dict(recipe.interpolate_weights(pretrained.network.state_dict(),
                                                       tuned_weights, fraction))
             result["wise"][fraction] = scores(MetallicityModel(mixed, tuned.metadata, device="cpu"))
         print(json.dumps(result), flush=True)

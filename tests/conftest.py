@@ -26,13 +26,14 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Give every test its own download cache so tests never see each other's files."""
-    from astro_metallicity import acquire, conf
+    from astro_metallicity import conf
+    from astro_metallicity.acquire._sdss import clear_memory_cache
 
     # The decompressed-frame memo would otherwise carry frames from one test's cache to the next.
-    acquire.clear_memory_cache()
+    clear_memory_cache()
     with conf.set_temp("cache_dir", str(tmp_path / "cache")):
         yield
-    acquire.clear_memory_cache()
+    clear_memory_cache()
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def pipeline_model(tmp_path_factory):
     Written with the package's own `save_model` (via `save_untrained_model`) and
     loaded by the same `load_model` users get.
     """
-    from astro_metallicity.model import save_untrained_model
+    from astro_metallicity.model import _save_untrained_model as save_untrained_model
 
     path = tmp_path_factory.mktemp("pipeline_model") / "tiny"
     return save_untrained_model(path, arch="tiny", input_size=32, cutout_size=64, seed=0)

@@ -1,4 +1,4 @@
-"""Tests of astro_metallicity.acquire (and make_cutouts) against the local mock SDSS."""
+"""Tests of astro_metallicity.acquire (fetch_cutouts and its private modules) against the mock SDSS."""
 
 from collections import Counter
 
@@ -7,9 +7,11 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 
-from astro_metallicity import acquire, conf
+from astro_metallicity import conf
+from astro_metallicity.acquire import FetchError, fetch_cutouts
+from astro_metallicity.acquire import _fields, _http, _sdss
 from astro_metallicity.mock import MockSDSS
-from astro_metallicity.preprocess import make_cutout, make_cutouts
+from astro_metallicity.preprocess import make_cutout
 
 SCALE = 0.5 * u.arcsec / u.pix
 
@@ -50,22 +52,36 @@ def _edge_galaxy(sdss, size):
     return SkyCoord(cat["ra"][i], cat["dec"][i]), scale
 
 
+def test_fetch_cutouts_argument_errors():
+    coords = SkyCoord([1.0], [2.0], unit="deg")
+    with pytest.raises(TypeError, match="must be an astropy SkyCoord"):
+        fetch_cutouts([(1.0, 2.0)])
+    with pytest.raises(ValueError, match="source must be 'frames' or 'jpeg'"):
+        fetch_cutouts(coords, source="fits")
+    with pytest.raises(ValueError, match="size must be at least 2 pixels"):
+        fetch_cutouts(coords, source="jpeg", size=1)
+    with pytest.raises(ValueError, match="scale must be 'adaptive' or an angle"):
+        fetch_cutouts(coords, scale="big", source="jpeg")
+    with pytest.raises(ValueError, match="scale has 2 values for 1 targets"):
+        fetch_cutouts(coords, scale=[1.0, 2.0] * u.arcsec / u.pix, source="jpeg")
+
+
 def test_frame_url_uses_astroquery_template_and_conf(sdss):
-    url = acquire.frame_url(4294, 3, 11, "r")
+    url = _sdss.frame_url(4294, 3, 11, "r")
     assert url == (f"{sdss.url}/sas/dr17/eboss/photoObj/frames/301/4294/3/"
                    "frame-r-004294-3-0011.fits.bz2")
     with conf.set_temp("data_release", 12):
-        assert "/dr12/boss/photoObj/" in acquire.frame_url(4294, 3, 11, "g")
+        assert "/dr12/boss/photoObj/" in _sdss.frame_url(4294, 3, 11, "g")
 
 
 def test_query_fields_finds_the_field_of_each_galaxy(sdss):
     coords, idx = _galaxies(sdss, 5)
     for c, i in zip(coords, idx):
-        fields = acquire.query_fields(c.ra.deg - 0.001, c.ra.deg + 0.001,
-                                      c.dec.deg - 0.001, c.dec.deg + 0.001)
+        fields = _sdss.query_fields(c.ra.deg - 0.001, c.ra.deg + 0.001,
+                                    c.dec.deg - 0.001, c.dec.deg + 0.001)
         pairs = {(int(r["camcol"]), int(r["field"])) for r in fields}
         assert (int(sdss.catalog["camcol"][i]), int(sdss.catalog["field"][i])) in pairs
-    empty = acquire.query_fields(10.0, 10.01, 50.0, 50.01)
+    empty = _sdss.query_fields(10.0, 10.01, 50.0, 50.01)
     assert len(empty) == 0
 
 
@@ -74,42 +90,42 @@ def test_frames_cache_fetch_once_rerun_and_corruption(sdss):
     # An interrupted run: it got through the first two targets, and the process
     # was killed in the middle of a download, leaving a temporary file behind.
     before = len(sdss.requests)
-    make_cutouts(coords[:2], source="frames", scale=SCALE, size=48)
+    fetch_cutouts(coords[:2], source="frames", scale=SCALE, size=48)
     first = _frame_downloads(sdss.requests[before:])
     assert set(first.values()) == {1}  # every frame once, shared by the targets
     assert {p.split("/frame-")[1][0] for p in first} == set("gri")
-    cached = sorted(acquire.cache_dir().rglob("frame-*.fits.bz2"))
+    cached = sorted(_http.cache_dir().rglob("frame-*.fits.bz2"))
     assert len(cached) == len(first)
     leftover = cached[0].parent / (cached[0].name + ".x1y2z3.part")
     leftover.write_bytes(cached[0].read_bytes()[:1000])
     # The rerun (a new process: nothing in memory) downloads none of those frames again.
-    acquire.clear_memory_cache()
+    _sdss.clear_memory_cache()
     before = len(sdss.requests)
-    second = make_cutouts(coords, source="frames", scale=SCALE, size=48)
+    second = fetch_cutouts(coords, source="frames", scale=SCALE, size=48)
     assert list(second.flags) == [""] * 4
     assert not set(_frame_downloads(sdss.requests[before:])) & set(first)
     # and a third run downloads nothing at all
-    acquire.clear_memory_cache()
+    _sdss.clear_memory_cache()
     before = len(sdss.requests)
-    third = make_cutouts(coords, source="frames", scale=SCALE, size=48)
+    third = fetch_cutouts(coords, source="frames", scale=SCALE, size=48)
     assert _frame_downloads(sdss.requests[before:]) == Counter()
     np.testing.assert_array_equal(second.images, third.images)
     # only complete, valid files carry final names
-    for path in acquire.cache_dir().rglob("frame-*.fits.bz2"):
-        acquire._parse_frame(path.read_bytes())
+    for path in _http.cache_dir().rglob("frame-*.fits.bz2"):
+        _sdss.parse_frame(path.read_bytes())
     # A cache file corrupted on disk is detected, deleted and fetched again (only it).
-    target = min(acquire.cache_dir().rglob("frame-r-*.fits.bz2"))
+    target = min(_http.cache_dir().rglob("frame-r-*.fits.bz2"))
     content = target.read_bytes()
     target.write_bytes(content[: len(content) // 3])
-    acquire.clear_memory_cache()
+    _sdss.clear_memory_cache()
     before = len(sdss.requests)
-    fourth = make_cutouts(coords, source="frames", scale=SCALE, size=48)
+    fourth = fetch_cutouts(coords, source="frames", scale=SCALE, size=48)
     downloads = _frame_downloads(sdss.requests[before:])
     assert len(downloads) == 1 and target.name in next(iter(downloads))
     assert target.read_bytes() == content
     np.testing.assert_array_equal(fourth.images, third.images)
     # The ImgCutout JPEGs of the same galaxies look the same (one input domain).
-    jpeg = make_cutouts(coords, source="jpeg", scale=SCALE, size=48)
+    jpeg = fetch_cutouts(coords, source="jpeg", scale=SCALE, size=48)
     assert list(jpeg.flags) == [""] * 4
     diff = np.abs(jpeg.images.astype(float) - third.images.astype(float)).mean(axis=(1, 2, 3))
     assert np.all(diff < 8.0), diff
@@ -118,10 +134,10 @@ def test_frames_cache_fetch_once_rerun_and_corruption(sdss):
 def test_galaxy_near_frame_edge_gets_complete_cutout(sdss):
     size = 64
     position, scale = _edge_galaxy(sdss, size)
-    half = acquire._half_width_deg(np.array([scale]), size)[0]
-    fields = acquire.query_fields(position.ra.deg - half, position.ra.deg + half,
-                                  position.dec.deg - half, position.dec.deg + half)
-    frames, complete = acquire.frames_for_target(position, scale, size, fields)
+    half = _fields.half_width_deg(np.array([scale]), size)[0]
+    fields = _sdss.query_fields(position.ra.deg - half, position.ra.deg + half,
+                                position.dec.deg - half, position.dec.deg + half)
+    frames, complete = _fields.frames_for_target(position, scale, size, fields)
     assert complete
     assert len(frames["r"]) >= 2  # a mosaic of the two camcols
     _, bands, coverage = make_cutout(frames, position, size=size,
@@ -134,8 +150,9 @@ def test_galaxy_near_frame_edge_gets_complete_cutout(sdss):
     assert bands["r"][bright].sum() == pytest.approx(truth[bright].sum(), rel=0.05)
     # through the public path: flagged OK, and the same picture as the ImgCutout JPEG
     coords = SkyCoord([position.ra], [position.dec])
-    via_frames = make_cutouts(coords, source="frames", scale=scale * u.arcsec / u.pix, size=size)
-    via_jpeg = make_cutouts(coords, source="jpeg", scale=scale * u.arcsec / u.pix, size=size)
+    via_frames = fetch_cutouts(coords, source="frames", scale=scale * u.arcsec / u.pix,
+                               size=size)
+    via_jpeg = fetch_cutouts(coords, source="jpeg", scale=scale * u.arcsec / u.pix, size=size)
     assert list(via_frames.flags) == [""]
     diff = np.abs(via_frames.images.astype(float) - via_jpeg.images.astype(float))
     assert diff.mean() < 6.0
@@ -147,8 +164,8 @@ def test_single_frame_edge_without_neighbour_is_flagged_partial(sdss):
     fp = sdss.sky.footprint
     k = fp.index(1, int(fp.field[0]))
     outer_edge = fp.wcs(k).pixel_to_world(5.0, 744.0)  # the survey's outer boundary
-    result = make_cutouts(SkyCoord([outer_edge.ra], [outer_edge.dec]), source="frames",
-                          scale=SCALE, size=48)
+    result = fetch_cutouts(SkyCoord([outer_edge.ra], [outer_edge.dec]), source="frames",
+                           scale=SCALE, size=48)
     assert list(result.flags) == ["partial_coverage"]
     assert not result.images.any()
 
@@ -157,7 +174,7 @@ def test_outside_footprint_and_bad_rows_are_flags(sdss):
     coords, _ = _galaxies(sdss, 1)
     targets = SkyCoord([coords[0].ra.deg, 40.0, np.nan], [coords[0].dec.deg, 40.0, 0.0], unit="deg")
     for source in ("frames", "jpeg"):
-        result = make_cutouts(targets, source=source, scale=SCALE, size=32)
+        result = fetch_cutouts(targets, source=source, scale=SCALE, size=32)
         assert result.flags[0] == ""
         assert result.flags[1] == "outside_footprint"
         assert result.flags[2].startswith("bad_coordinates")
@@ -167,14 +184,14 @@ def test_outside_footprint_and_bad_rows_are_flags(sdss):
 def test_jpeg_route_adaptive_scale_uses_petrosian_radius(sdss):
     coords, idx = _galaxies(sdss, 5)
     empty = SkyCoord(coords[0].ra + 30 * u.arcsec, coords[0].dec)  # no galaxy within 5"
-    r90, flags = acquire.lookup_petro_r90(SkyCoord([*coords, empty]))
+    r90, flags = _sdss.lookup_petro_r90(SkyCoord([*coords, empty]))
     expected = sdss.catalog["petroR90_r"][idx].to_value(u.arcsec)
     np.testing.assert_allclose(r90[:5].to_value(u.arcsec), expected, rtol=1e-4)
     assert list(flags) == [""] * 5 + ["no_petrosian_radius"]
-    result = make_cutouts(coords, source="jpeg", size=64)
+    result = fetch_cutouts(coords, source="jpeg", size=64)
     np.testing.assert_allclose(result.scales.value, 2 * expected / (0.396 * 64), rtol=1e-4)
     assert result.images.shape == (5, 64, 64, 3) and result.images.dtype == np.uint8
-    jpeg_paths = sorted(acquire.cache_dir().rglob("*.jpg"))
+    jpeg_paths = sorted(_http.cache_dir().rglob("*.jpg"))
     assert len(jpeg_paths) == 5
 
 
@@ -183,8 +200,8 @@ def test_injected_errors_drops_and_truncations_are_survived():
     with MockSDSS(n_galaxies=20, seed=11, galaxies_per_field=20, faults=faults) as sdss, \
             conf.set_temp("max_retries", 8):
         coords, _ = _galaxies(sdss, 4)
-        jpeg = make_cutouts(coords, source="jpeg", size=32)
-        frames = make_cutouts(coords, source="frames", scale=SCALE, size=32)
+        jpeg = fetch_cutouts(coords, source="jpeg", size=32)
+        frames = fetch_cutouts(coords, source="frames", scale=SCALE, size=32)
         requests = list(sdss.requests)
     assert list(jpeg.flags) == [""] * 4
     assert list(frames.flags) == [""] * 4
@@ -199,7 +216,7 @@ def test_fail_first_503_is_retried_with_backoff():
     with MockSDSS(n_galaxies=20, seed=11, galaxies_per_field=20,
                   faults={"fail_first": 2, "match": "getjpeg"}) as sdss:
         coords, _ = _galaxies(sdss, 2)
-        result = make_cutouts(coords, source="jpeg", scale=SCALE, size=32)
+        result = fetch_cutouts(coords, source="jpeg", scale=SCALE, size=32)
         jpeg_requests = [p for _, p in sdss.requests if "getjpeg" in p]
     assert list(result.flags) == ["", ""]
     assert len(jpeg_requests) == 6  # two 503s then success, per target
@@ -210,11 +227,11 @@ def test_timeouts_and_dead_servers_become_flags():
                   faults={"latency": 1.0, "match": "getjpeg"}) as sdss, \
             conf.set_temp("timeout", 0.2), conf.set_temp("max_retries", 1):
         coords, _ = _galaxies(sdss, 2)
-        result = make_cutouts(coords, source="jpeg", scale=SCALE, size=32)
+        result = fetch_cutouts(coords, source="jpeg", scale=SCALE, size=32)
     assert all(f.startswith("fetch_failed: timeout") for f in result.flags), result.flags
     with conf.set_temp("skyserver_baseurl", "http://127.0.0.1:9"), \
             conf.set_temp("max_retries", 1):
-        result = make_cutouts(coords, source="jpeg", scale=SCALE, size=32)
+        result = fetch_cutouts(coords, source="jpeg", scale=SCALE, size=32)
     assert all(f.startswith("fetch_failed: connection error") for f in result.flags)
     assert not result.images.any()
 
@@ -227,7 +244,7 @@ def test_frames_route_across_ra_zero():
         assert len(west) and len(east)
         idx = np.concatenate([west, east])
         coords = SkyCoord(ra[idx] * u.deg, sdss.catalog["dec"][idx])
-        result = make_cutouts(coords, source="frames", scale=SCALE, size=32)
+        result = fetch_cutouts(coords, source="frames", scale=SCALE, size=32)
         downloads = _frame_downloads(sdss.requests)
     assert list(result.flags) == [""] * len(idx)
     assert len(downloads) == 3  # one field, g, r and i
@@ -238,7 +255,7 @@ import sys
 import astroquery.sdss
 from astropy.coordinates import SkyCoord
 from astro_metallicity import conf
-from astro_metallicity.preprocess import make_cutouts
+from astro_metallicity.acquire import fetch_cutouts
 url, cache = sys.argv[1], sys.argv[2]
 ra = [float(x) for x in sys.argv[3].split(",")]
 dec = [float(x) for x in sys.argv[4].split(",")]
@@ -247,7 +264,7 @@ for c in (conf, astroquery.sdss.conf):
     c.sas_baseurl = url + "/sas"
 conf.cache_dir = cache
 conf.max_workers = 1
-make_cutouts(SkyCoord(ra, dec, unit="deg"), source="frames", scale="0.5 arcsec/pix", size=32)
+fetch_cutouts(SkyCoord(ra, dec, unit="deg"), source="frames", scale="0.5 arcsec/pix", size=32)
 """
 
 
@@ -263,7 +280,7 @@ def test_rerun_after_killed_process_reuses_its_downloads(tmp_path):
         idx = [int(np.flatnonzero(np.asarray(cat["camcol"]) == c)[0]) for c in (1, 3)]
         ra = ",".join(f"{v:.7f}" for v in cat["ra"][idx].to_value(u.deg))
         dec = ",".join(f"{v:.7f}" for v in cat["dec"][idx].to_value(u.deg))
-        cache = acquire.cache_dir()
+        cache = _http.cache_dir()
         child = subprocess.Popen([sys.executable, "-c", _CHILD, sdss.url, str(cache), ra, dec])
         try:
             deadline = time.monotonic() + 120
@@ -277,18 +294,18 @@ def test_rerun_after_killed_process_reuses_its_downloads(tmp_path):
         assert 3 <= len(killed_run) < 6
         complete = {p.name for p in cache.rglob("frame-*.fits.bz2")}
         for path in cache.rglob("frame-*.fits.bz2"):  # final names only for complete files
-            acquire._parse_frame(path.read_bytes())
+            _sdss.parse_frame(path.read_bytes())
         assert complete
         before = len(sdss.requests)
-        result = make_cutouts(SkyCoord(cat["ra"][idx], cat["dec"][idx]), source="frames",
-                              scale=SCALE, size=32)
+        result = fetch_cutouts(SkyCoord(cat["ra"][idx], cat["dec"][idx]), source="frames",
+                               scale=SCALE, size=32)
         rerun = set(_frame_downloads(sdss.requests[before:]))
     assert list(result.flags) == [""] * 2
     assert not any(path.rsplit("/", 1)[1] in complete for path in rerun)
     assert len(rerun) + len(complete) == 6  # every frame fetched exactly once overall
 
 
-def test_field_lookup_through_pyvo_tap(sdss, monkeypatch):
+def test_field_lookup_through_pyvo_tap(sdss):
     """With a TAP URL the Field query goes through pyvo (a minimal TAP /sync in front of the mock)."""
     import io
     import threading
@@ -329,11 +346,11 @@ def test_field_lookup_through_pyvo_tap(sdss, monkeypatch):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        monkeypatch.setattr(acquire, "tap_url", lambda: f"http://127.0.0.1:{server.server_port}/tap")
         coords, idx = _galaxies(sdss, 2)
         c, i = coords[0], idx[0]
-        fields = acquire.query_fields(c.ra.deg - 0.001, c.ra.deg + 0.001,
-                                      c.dec.deg - 0.001, c.dec.deg + 0.001)
+        with conf.set_temp("tap_url", f"http://127.0.0.1:{server.server_port}/tap"):
+            fields = _sdss.query_fields(c.ra.deg - 0.001, c.ra.deg + 0.001,
+                                        c.dec.deg - 0.001, c.dec.deg + 0.001)
     finally:
         server.shutdown()
         server.server_close()
@@ -347,7 +364,7 @@ def test_timeouts_are_retried_and_survived(sdss, monkeypatch):
     """The first request of every URL times out (injected client-side); retries succeed."""
     import requests
 
-    real_get = acquire._get
+    real_get = _http.get
     seen = Counter()
 
     def flaky_get(url, params=None):
@@ -357,9 +374,82 @@ def test_timeouts_are_retried_and_survived(sdss, monkeypatch):
             raise requests.Timeout("injected timeout")
         return real_get(url, params)
 
-    monkeypatch.setattr(acquire, "_get", flaky_get)
+    monkeypatch.setattr(_http, "get", flaky_get)
     coords, _ = _galaxies(sdss, 2, camcol=3)
-    jpeg = make_cutouts(coords, source="jpeg", scale=SCALE, size=32)
-    frames = make_cutouts(coords, source="frames", scale=SCALE, size=32)
+    jpeg = fetch_cutouts(coords, source="jpeg", scale=SCALE, size=32)
+    frames = fetch_cutouts(coords, source="frames", scale=SCALE, size=32)
     assert list(jpeg.flags) == list(frames.flags) == ["", ""]
     assert seen and set(seen.values()) == {2}  # each URL: one timeout, one success
+
+
+def test_mirror_set_in_conf_alone_serves_every_request(sdss):
+    """Regression: a mirror set only in ``astro_metallicity.conf`` is used for the SQL and
+    cross-id look-ups too (they went through astroquery's own ``skyserver_baseurl``)."""
+    import astroquery.sdss
+
+    from astro_metallicity.train import query_training_catalog
+
+    dead = "http://127.0.0.1:9"
+    coords, idx = _galaxies(sdss, 3)
+    with astroquery.sdss.conf.set_temp("skyserver_baseurl", dead), \
+            astroquery.sdss.conf.set_temp("sas_baseurl", dead + "/sas"), \
+            conf.set_temp("max_retries", 0):
+        before = len(sdss.requests)
+        frames = fetch_cutouts(coords, source="frames", scale=SCALE, size=32)
+        jpeg = fetch_cutouts(coords, source="jpeg", size=32)  # adaptive scale: cross-id
+        catalog = query_training_catalog(top=3)
+        served = [path for _, path in sdss.requests[before:]]
+        # astroquery's own setting is back once the calls are done
+        assert astroquery.sdss.conf.skyserver_baseurl == dead
+    assert list(frames.flags) == list(jpeg.flags) == ["", "", ""]
+    r90 = sdss.catalog["petroR90_r"][idx].to_value(u.arcsec)
+    np.testing.assert_allclose(jpeg.scales.value, 2 * r90 / (0.396 * 32), rtol=1e-4)
+    assert 0 < len(catalog) <= 3
+    assert set(np.asarray(catalog["objID"])) <= set(np.asarray(sdss.catalog["objid"]))
+    assert catalog.meta["skyserver"] == sdss.url
+    assert any("FROM+Field" in path for path in served)
+    assert any(path.lower().startswith("/dr17/en/tools/search/x_results") for path in served)
+
+
+def test_astroquery_urls_are_shared_by_threads_and_restored(sdss):
+    """Overlapping blocks on many threads leave astroquery's setting as they found it."""
+    import threading
+
+    import astroquery.sdss
+
+    before = astroquery.sdss.conf.skyserver_baseurl
+    barrier = threading.Barrier(4)
+    seen = []
+
+    def use():
+        with _http.astroquery_sdss() as urls:
+            barrier.wait(timeout=10)  # all four inside at once
+            seen.append((urls.skyserver, astroquery.sdss.conf.skyserver_baseurl))
+            barrier.wait(timeout=10)
+
+    with astroquery.sdss.conf.set_temp("skyserver_baseurl", "http://127.0.0.1:9"):
+        threads = [threading.Thread(target=use) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert astroquery.sdss.conf.skyserver_baseurl == "http://127.0.0.1:9"
+    assert seen == [(sdss.url, sdss.url)] * 4
+    assert astroquery.sdss.conf.skyserver_baseurl == before
+
+
+@pytest.mark.parametrize("status, retried", [(408, True), (429, True), (500, True),
+                                             (503, True), (400, False), (404, False)])
+def test_http_status_check(status, retried):
+    error = _http._Retryable if retried else FetchError
+    with pytest.raises(error, match=f"^HTTP {status}$"):
+        _http.raise_for_status(status)
+    _http.raise_for_status(200)  # success passes
+
+
+def test_rejected_sql_is_an_error_at_once(sdss):
+    """SkyServer answers a bad query with status 200 and an error text: not retried."""
+    before = len(sdss.requests)
+    with pytest.raises(FetchError, match="SQL failed: .*NoSuchTable"):
+        _sdss.query_sql("SELECT run FROM NoSuchTable")
+    assert len(sdss.requests) - before == 1

@@ -5,7 +5,8 @@ import pytest
 from astropy import units as u
 from astropy.table import QTable, Table
 
-from astro_metallicity.cli import build_parser, demo_sample, main
+from astro_metallicity._demo import demo_sample, save_montage
+from astro_metallicity.cli import build_parser, main
 from astro_metallicity.mock import MockSDSS
 
 
@@ -96,6 +97,24 @@ def test_demo_sample_is_fixed_and_flags_two_rows(sdss):
     rows = [row_of[int(objid)] for objid in a["objid"][:5]]
     np.testing.assert_allclose(a["oh_true"][:5].to_value(u.dex),
                                sdss.catalog["oh_p50"][rows].to_value(u.dex))
+
+
+def test_montage_leaves_the_matplotlib_backend_alone(tmp_path, monkeypatch):
+    import matplotlib
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("matplotlib.use() switches the backend of the user's whole process")
+
+    monkeypatch.setattr(matplotlib, "use", refuse)
+    images = np.zeros((3, 16, 16, 3), dtype=np.uint8)
+    images[1, 4:12, 4:12] = 255
+    path = tmp_path / "montage.png"
+    save_montage(images, ["a", "b", "c"], path, ncols=2)
+    from PIL import Image
+
+    with Image.open(path) as png:
+        assert png.format == "PNG"
+        assert png.size == (440, 500)  # 2 columns x 2.2 in, 2 rows x 2.5 in, at 100 dpi
 
 
 def test_no_command_prints_help(capsys):

@@ -239,3 +239,23 @@ def test_cutout_across_ra_zero():
         assert np.asarray(Image.open(BytesIO(jpeg))).max() > 30
         checked += 1
     assert checked == 2
+
+
+def test_frame_cache_is_bounded_and_per_sky():
+    """Frames are cached up to ``max_cached_frames``; the caches die with their sky."""
+    import gc
+    import weakref
+
+    sky = MockSky(3, seed=24, stars_per_field=0, noise=False, max_cached_frames=1)
+    fp = sky.footprint
+    ids = (fp.run, int(fp.camcol[0]), int(fp.field[0]))
+    g = sky.frame(*ids, "g")
+    assert sky.frame(*ids, "g") is g
+    sky.frame(*ids, "r")  # evicts g
+    again = sky.frame(*ids, "g")
+    assert again is not g
+    np.testing.assert_array_equal(again, g)
+    ref = weakref.ref(sky)
+    del sky
+    gc.collect()
+    assert ref() is None

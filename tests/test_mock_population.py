@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 from astropy import units as u
 
-from astro_metallicity.mock import MAIN_SAMPLE_RLIM, simulate_galaxies, tremonti_mzr
-from astro_metallicity.mock.population import DUST_K, ccm89_ratio, slab_attenuation
+from astro_metallicity.mock.population import (
+    DUST_K,
+    MAIN_SAMPLE_RLIM,
+    ccm89_ratio,
+    simulate_galaxies,
+    slab_attenuation,
+)
+from astro_metallicity.relations import mannucci_fmr, tremonti_mzr
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +195,17 @@ def test_measured_mass_noise(big_catalog):
     assert abs(np.mean(d)) < 0.01
     exact = simulate_galaxies(50, seed=4, mass_error=0.0)
     np.testing.assert_array_equal(exact["lgm_tot_p50"].value, exact["logm_true"].value)
+
+
+def test_published_relations_by_hand():
+    """The relations the mock draws from, at points computed from the papers' equations."""
+    # Tremonti et al. (2004) eq. 3 at log M* = 10, and clipped to its 8.5-11.5 fit range
+    assert tremonti_mzr(10.0) == pytest.approx(-1.492 + 18.47 - 8.026)
+    assert tremonti_mzr(7.0) == pytest.approx(tremonti_mzr(8.5))
+    assert tremonti_mzr(12.0) == pytest.approx(tremonti_mzr(11.5))
+    assert tremonti_mzr(10.0 * u.dex(u.Msun)) == pytest.approx(tremonti_mzr(10.0))
+    # Mannucci et al. (2010) eq. 2: 8.90 at m = s = 0; m = 1, s = 1: 8.90+.37-.14-.19+.12-.054
+    assert mannucci_fmr(10.0, 0.0) == pytest.approx(8.90)
+    assert mannucci_fmr(11.0, 1.0) == pytest.approx(9.006)
+    np.testing.assert_allclose(mannucci_fmr([10.0, 10.0], [-1.0, 1.0]),
+                               [8.90 + 0.14 - 0.054, 8.90 - 0.14 - 0.054])

@@ -55,7 +55,7 @@ def test_query_sql_training_query(mock):
 
 
 def test_field_lookup_sql(mock):
-    from astro_metallicity.acquire import FIELD_SQL
+    from astro_metallicity.acquire._sdss import FIELD_SQL
 
     ra, dec = mock.catalog["ra"][3].value, mock.catalog["dec"][3].value
     d = 1 / 3600
@@ -199,9 +199,11 @@ def test_serve_blocking_entry_point():
                 time.sleep(0.1)
         else:
             pytest.fail("serve() did not start")
-        assert r.status_code == 200 and "error_message" in r.text  # COUNT(*) is not supported
+        assert r.status_code == 200 and r.text == "#Table1\nColumn1\n20\n"
         r = requests.get(url, params={"cmd": "SELECT objID FROM Galaxy", "format": "csv"}, timeout=5)
         assert r.text.startswith("#Table1\nobjID\n") and len(r.text.strip().splitlines()) == 22
+        r = requests.get(url, params={"cmd": "SELECT objID FROM Nowhere", "format": "csv"}, timeout=5)
+        assert r.status_code == 200 and r.text == "#Table1\nerror_message\nSQL error: Invalid object name 'Nowhere'.\n"
     finally:
         proc.terminate()
         proc.wait(timeout=10)

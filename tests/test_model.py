@@ -1,4 +1,4 @@
-"""Tests of astro_metallicity.model: building, saving, loading and predicting."""
+"""Tests of astro_metallicity.model (saving, loading, predicting) and the network it builds."""
 
 import json
 
@@ -8,20 +8,18 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from astro_metallicity import conf
+from astro_metallicity._network import build_network, default_metadata, dihedral_views
 from astro_metallicity.model import (
     MetallicityModel,
-    build_network,
-    default_metadata,
-    dihedral_views,
+    _save_untrained_model,
     load_model,
     save_model,
-    save_untrained_model,
 )
 
 
 @pytest.fixture
 def tiny_path(tmp_path):
-    return save_untrained_model(tmp_path / "tiny", arch="tiny", input_size=32, seed=1)
+    return _save_untrained_model(tmp_path / "tiny", arch="tiny", input_size=32, seed=1)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from astro_metallicity.preprocess import (
     cutout_wcs,
     header_wcs,
     make_cutout,
-    make_cutouts,
     subtract_background,
 )
 
@@ -143,16 +142,16 @@ def test_make_cutout_input_errors():
         make_cutout({"g": ["x"], "r": ["x"], "i": ["x"]}, center)
 
 
-def test_make_cutouts_argument_errors():
-    coords = SkyCoord([1.0], [2.0], unit="deg")
-    with pytest.raises(TypeError, match="must be an astropy SkyCoord"):
-        make_cutouts([(1.0, 2.0)])
-    with pytest.raises(ValueError, match="source must be 'frames' or 'jpeg'"):
-        make_cutouts(coords, source="fits")
-    with pytest.raises(ValueError, match="scale must be 'adaptive' or an angle"):
-        make_cutouts(coords, scale="big", source="jpeg")
-    with pytest.raises(ValueError, match="1 values for 2 targets|2 values for 1 targets"):
-        make_cutouts(coords, scale=[1.0, 2.0] * u.arcsec / u.pix, source="jpeg")
+def test_preprocess_is_pure_image_maths():
+    """Importing preprocess loads no network code and no target handling."""
+    import subprocess
+    import sys
+
+    code = ("import sys, astro_metallicity.preprocess; "
+            "print(sorted(m for m in ('astro_metallicity.acquire', 'astro_metallicity.targets', "
+            "'astroquery', 'requests', 'pyvo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_make_cutout_on_real_sdss_frame(shared_data):

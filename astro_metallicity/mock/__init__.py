@@ -7,20 +7,14 @@ and this package's own client code run against it unmodified. A simulated
 survey is a test bed, not the sky.
 """
 
-from .population import MAIN_SAMPLE_RLIM, mannucci_fmr, simulate_galaxies, tremonti_mzr
-from .server import Faults, MockSDSS, MockSDSSServer, serve
+from .population import simulate_galaxies
+from .server import Faults, MockSDSS, serve
 from .sky import MockSky
-from .sql import SkyServerError
 
 __all__ = [
-    "MAIN_SAMPLE_RLIM",
     "Faults",
     "MockSDSS",
-    "MockSDSSServer",
     "MockSky",
-    "SkyServerError",
-    "mannucci_fmr",
     "serve",
     "simulate_galaxies",
-    "tremonti_mzr",
 ]

@@ -10,6 +10,8 @@ camcols overlap by 64 columns so that the footprint has no gaps.
 import math
 
 import numpy as np
+from astropy import units as u
+from astropy.coordinates import Angle
 from astropy.wcs import WCS
 
 __all__ = []
@@ -92,7 +94,7 @@ class Footprint:
 
 def wrap_ra(dra):
     """RA difference(s) in degrees wrapped to [-180, 180)."""
-    return (np.asarray(dra, dtype=float) + 180.0) % 360.0 - 180.0
+    return Angle(dra, u.deg).wrap_at(180 * u.deg).deg
 
 
 def make_objid(run, camcol, field, obj, rerun=RERUN, sky_version=2):

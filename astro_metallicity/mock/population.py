@@ -10,7 +10,7 @@ The scaling relations and their references:
 * mass-metallicity relation Z = -1.492 + 1.847 x - 0.08026 x^2
   (Tremonti et al. 2004, ApJ 613, 898), with the SFR dependence at fixed mass
   of the fundamental metallicity relation (Mannucci et al. 2010, MNRAS 408, 2115)
-  and an intrinsic Gaussian scatter;
+  and an intrinsic Gaussian scatter (both relations from `astro_metallicity.relations`);
 * late-type mass-size relation R50 = 0.10 kpc M^0.14 (1 + M / 3.98e10)^0.25
   with its mass-dependent log-normal scatter (Shen et al. 2003, MNRAS 343, 978);
 * colour-based mass-to-light ratio log M*/L_i = -0.68 + 0.70 (g - i)
@@ -63,6 +63,7 @@ import numpy as np
 from astropy import units as u
 from astropy.table import QTable
 
+from ..relations import mannucci_fmr, tremonti_mzr
 from ._footprint import (
     BANDS,
     COL_STEP,
@@ -76,8 +77,8 @@ from ._footprint import (
     make_specobjid,
 )
 
-__all__ = ["DUST_K", "DUST_TAU0", "MAIN_SAMPLE_RLIM", "ccm89_ratio", "mannucci_fmr", "simulate_galaxies",
-           "slab_attenuation", "tremonti_mzr"]
+__all__ = ["DUST_K", "DUST_TAU0", "MAIN_SAMPLE_RLIM", "ccm89_ratio", "simulate_galaxies",
+           "slab_attenuation"]
 
 #: SDSS main galaxy sample limit in Petrosian r magnitude (Strauss et al. 2002).
 MAIN_SAMPLE_RLIM = 17.77
@@ -98,48 +99,6 @@ _SIGMA_SFR_INDEX = 0.25
 _COS_I_MIN = 0.05  # a thin slab seen exactly edge-on would have infinite optical depth
 # Galactic extinction coefficients A_b / E(B-V) (Schlafly & Finkbeiner 2011).
 _EXT = {"u": 4.239, "g": 3.303, "r": 2.285, "i": 1.698, "z": 1.263}
-
-
-def tremonti_mzr(logm):
-    """Mass-metallicity relation of Tremonti et al. (2004).
-
-    12 + log(O/H) = -1.492 + 1.847 x - 0.08026 x^2 with x = log(M*/Msun),
-    clipped to the range 8.5 < x < 11.5 where the fit holds. The simulated
-    survey draws metallicities from it and the training evaluation uses it as
-    the mass-metallicity baseline.
-
-    Parameters
-    ----------
-    logm : array-like or `~astropy.units.Quantity`
-        log10 stellar mass in solar masses.
-
-    Returns
-    -------
-    oh : `~numpy.ndarray`
-        12 + log(O/H).
-    """
-    x = np.clip(np.asarray(getattr(logm, "value", logm), dtype=float), _LOGM_MIN, _LOGM_MAX)
-    return -1.492 + 1.847 * x - 0.08026 * x ** 2
-
-
-def mannucci_fmr(logm, logsfr):
-    """Fundamental metallicity relation of Mannucci et al. (2010), their eq. 2.
-
-    Parameters
-    ----------
-    logm : array-like
-        log10 stellar mass in solar masses.
-    logsfr : array-like
-        log10 star formation rate in solar masses per year.
-
-    Returns
-    -------
-    oh : `~numpy.ndarray`
-        12 + log(O/H).
-    """
-    m = np.asarray(logm, dtype=float) - 10.0
-    s = np.asarray(logsfr, dtype=float)
-    return 8.90 + 0.37 * m - 0.14 * s - 0.19 * m ** 2 + 0.12 * m * s - 0.054 * s ** 2
 
 
 def ccm89_ratio(wavelength, r_v=3.1):

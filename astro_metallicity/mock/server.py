@@ -29,7 +29,7 @@ from ..logger import log
 from .sky import MockSky
 from .sql import SkyServerError, error_csv, execute_sql, table_to_csv
 
-__all__ = ["Faults", "MockSDSS", "MockSDSSServer", "serve"]
+__all__ = ["Faults", "MockSDSS", "serve"]
 
 _SQL_RE = re.compile(r"^/dr(\d+)/en/tools/(?:search/x_results\.aspx|search/x_sql\.aspx|"
                      r"search/x_sql\.asp|crossid/x_crossid\.aspx?)$", re.IGNORECASE)
@@ -37,6 +37,12 @@ _FRAME_RE = re.compile(r"^/sas/dr(\d+)/(?:eboss|boss|prior-surveys/sdss4-dr17-eb
                        r"(\d+)/(\d+)/(\d)/frame-([ugriz])-(\d{6})-(\d)-(\d{4})\.fits\.bz2$")
 _JPEG_RE = re.compile(r"^/dr(\d+)/SkyServerWS/ImgCutout/getjpeg$", re.IGNORECASE)
 _PREFIX_RE = re.compile(r"^/mock-[0-9a-f]+(?=/)")
+_CSV = "text/plain; charset=utf-8"
+
+
+def _error_response(message):
+    """SkyServer answers a failed query with HTTP 200 and an ``error_message`` table."""
+    return 200, error_csv(message).encode(), _CSV
 
 
 @dataclass
@@ -127,7 +133,7 @@ def _as_faults(faults):
     raise TypeError(msg)
 
 
-class _Server(ThreadingHTTPServer):
+class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request, client_address):
@@ -236,7 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
         return 404, b"Not Found\n", "text/plain"
 
 
-class MockSDSSServer:
+class _MockSDSSServer:
     """The HTTP server of a mock sky (runs in a background thread).
 
     Parameters
@@ -255,7 +261,7 @@ class MockSDSSServer:
         self.requests = []
         self._attempts = {}
         self._lock = threading.Lock()
-        self.httpd = _Server((host, port), _Handler)
+        self.httpd = _HTTPServer((host, port), _Handler)
         self.httpd.mock = self
         self.host = host
         self.port = self.httpd.server_address[1]
@@ -287,7 +293,7 @@ class MockSDSSServer:
 
         Returns
         -------
-        self : `MockSDSSServer`
+        self : `_MockSDSSServer`
         """
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="mock-sdss", daemon=True)
         self._thread.start()
@@ -302,62 +308,68 @@ class MockSDSSServer:
 
     # ---------------------------------------------------------------- services
     def _sql(self, params):
-        cmd = params.get("cmd", "")
-        fmt = params.get("format", "csv").lower()
         try:
-            names, columns = execute_sql(self.sky, cmd)
+            names, columns = execute_sql(self.sky, params.get("cmd", ""))
         except SkyServerError as exc:
-            return 200, error_csv(exc).encode(), "text/plain; charset=utf-8"
-        except Exception as exc:  # noqa: BLE001 - odd SQL must not crash the server
-            return 200, error_csv(f"Incorrect syntax ({exc})").encode(), "text/plain; charset=utf-8"
-        if fmt == "json":
+            return _error_response(exc)
+        if params.get("format", "csv").lower() == "json":
             rows = [dict(zip(names, (v.item() if hasattr(v, "item") else v for v in row)))
                     for row in zip(*columns)] if columns else []
             return 200, json.dumps([{"TableName": "Table1", "Rows": rows}]).encode(), "application/json"
-        return 200, table_to_csv(names, columns).encode(), "text/plain; charset=utf-8"
+        return 200, table_to_csv(names, columns).encode(), _CSV
 
     def _crossid(self, params):
-        sql = params.get("uquery", "")
+        """The CrossID service: match the uploaded positions, then run ``uquery`` on them.
+
+        As on SkyServer, ``uquery`` reads the upload as ``#upload`` (``up_id``,
+        ``up_name``, ``up_ra``, ``up_dec``) and the matches as ``#x`` (``up_id``,
+        ``objID``, ``distance`` in arcmin).
+        """
         try:
             radius = float(params.get("radius", 0.5))  # arcmin
             if radius > 3.0:
-                raise SkyServerError("radius must be at most 3 arcmin")
+                msg = "radius must be at most 3 arcmin"
+                raise SkyServerError(msg)
             lines = [ln.split() for ln in params.get("upload", "").strip().splitlines() if ln.strip()]
             if not lines:
-                raise SkyServerError("empty upload list")
+                msg = "empty upload list"
+                raise SkyServerError(msg)
             header = [h.lower() for h in lines[0]]
             if "ra" not in header or "dec" not in header:
-                raise SkyServerError("upload list needs ra and dec columns")
+                msg = "upload list needs ra and dec columns"
+                raise SkyServerError(msg)
             ira, idec = header.index("ra"), header.index("dec")
             iname = header.index("name") if "name" in header else None
             rows = lines[1:]
             ra = np.array([float(r[ira]) for r in rows])
             dec = np.array([float(r[idec]) for r in rows])
-            names = [r[iname] if iname is not None else str(j) for j, r in enumerate(rows)]
+            up_names = np.array([r[iname] if iname is not None else str(j) for j, r in enumerate(rows)],
+                                dtype=object)
             nearest = params.get("photoscope", "nearPrim").lower() != "allobj"
             up, cat_rows, dist = self.sky.match(ra, dec, radius * 60.0, nearest=nearest)
-            core = re.sub(r"#upload\s+u\s+JOIN\s+#x\s+x\s+ON\s+x\.up_id\s*=\s*u\.up_id\s+JOIN\s+", "", sql,
-                          flags=re.IGNORECASE)
-            core = re.sub(r"\s+ON\s+p\.objID\s*=\s*x\.objID", "", core, flags=re.IGNORECASE)
-            core = re.sub(r"\s+ORDER\s+BY\s+x\.up_id\s*$", "", core.strip(), flags=re.IGNORECASE)
-            extra = {"u": {"up_id": up + 1, "up_name": np.array([names[j] for j in up], dtype=object),
-                           "up_ra": ra[up], "up_dec": dec[up]},
-                     "x": {"up_id": up + 1, "objID": self.sky.sql_columns()["objid"][cat_rows],
-                           "distance": dist}}
-            out_names, columns = execute_sql(self.sky, core, rows=cat_rows, extra_tables=extra)
-            lower = [n.lower() for n in out_names]
-            if nearest:
-                if "objid" not in lower:
-                    out_names.insert(0, "objID")
-                    columns.insert(0, self.sky.sql_columns()["objid"][cat_rows])
-                if iname is not None and "name" not in lower:
-                    out_names.insert(0, "name")
-                    columns.insert(0, extra["u"]["up_name"])
         except SkyServerError as exc:
-            return 200, error_csv(exc).encode(), "text/plain; charset=utf-8"
+            return _error_response(exc)
         except (ValueError, IndexError) as exc:
-            return 200, error_csv(f"bad upload ({exc})").encode(), "text/plain; charset=utf-8"
-        return 200, table_to_csv(out_names, columns).encode(), "text/plain; charset=utf-8"
+            return _error_response(f"bad upload ({exc})")
+        objid = self.sky.sql_columns()["objid"][cat_rows]
+        temp_tables = {"#upload": {"up_id": np.arange(1, len(ra) + 1), "up_name": up_names,
+                                   "up_ra": ra, "up_dec": dec},
+                       "#x": {"up_id": up + 1, "objID": objid, "distance": dist}}
+        try:
+            names, columns = execute_sql(self.sky, params.get("uquery", ""), temp_tables=temp_tables)
+        except SkyServerError as exc:
+            return _error_response(exc)
+        lower = [n.lower() for n in names]
+        # CrossID's nearest-object answer leads with the uploaded name and the objID of
+        # the match (one row per matched position, in upload order).
+        if nearest and columns and len(columns[0]) == len(up):
+            if "objid" not in lower:
+                names.insert(0, "objID")
+                columns.insert(0, objid)
+            if iname is not None and "name" not in lower:
+                names.insert(0, "name")
+                columns.insert(0, up_names[up])
+        return 200, table_to_csv(names, columns).encode(), _CSV
 
     def _jpeg(self, params):
         try:
@@ -440,7 +452,7 @@ class MockSDSS:
 
         from .. import conf
 
-        self.server = MockSDSSServer(self.sky, port=self.port_requested, faults=self.faults).start()
+        self.server = _MockSDSSServer(self.sky, port=self.port_requested, faults=self.faults).start()
         stack = ExitStack()
         try:
             for c in (aq_conf, conf):
@@ -475,12 +487,12 @@ def serve(port=8080, n_galaxies=1000, seed=0, *, faults=None, host="127.0.0.1"):
     seed : int, optional
         Seed of the simulation.
     faults : `Faults` or dict, optional
-        Fault injection.
+        Faults to inject into the answers.
     host : str, optional
         Interface to bind (default 127.0.0.1 only).
     """
     sky = MockSky(n_galaxies, seed)
-    server = MockSDSSServer(sky, port=port, faults=faults, host=host)
+    server = _MockSDSSServer(sky, port=port, faults=faults, host=host)
     base = f"http://{host}:{server.port}"
     log.info(f"Mock SDSS with {len(sky.catalog)} galaxies in {len(sky.footprint)} fields at {base}")
     log.info(f"  astroquery.sdss.conf.skyserver_baseurl = {base}; sas_baseurl = {base}/sas")

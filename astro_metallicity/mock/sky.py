@@ -1,67 +1,34 @@
 """`MockSky`: simulated catalogue plus lazily rendered, cached SDSS frames and cutouts."""
 
 import bz2
+import functools
 import io
 import math
-import threading
-from collections import OrderedDict
+import weakref
 
 import numpy as np
 from astropy import units as u
+from astropy.coordinates import SkyCoord, search_around_sky
 
-from ._footprint import BANDS, NCOL, NROW, PIXEL_SCALE, RERUN, Footprint, wrap_ra
+from ._footprint import BANDS, NCOL, NROW, PIXEL_SCALE, RERUN, Footprint, make_objid, wrap_ra
 from .population import simulate_galaxies
 from .render import SEEING_RATIO, SKY_MAG, _band_index, frame_hdulist, render_frame
 
 __all__ = ["MockSky"]
 
 _STAR_COLOURS = {"u": 1.3, "g": 0.45, "r": 0.0, "i": -0.15, "z": -0.22}  # m_b - m_r at g-r=0.45
+_FRAME_PARAMETERS = """Parameters
+        ----------
+        run, camcol, field : int
+            Frame identifiers.
+        band : str
+            One of ``ugriz``."""
 
 
-def _unit_vectors(ra, dec):
-    ra, dec = np.deg2rad(ra), np.deg2rad(dec)
-    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
-
-
-class _LRU:
-    """Thread-safe LRU cache with one lock per key so a value is computed once."""
-
-    def __init__(self, maxsize):
-        self.maxsize = maxsize
-        self._data = OrderedDict()
-        self._lock = threading.Lock()
-        self._key_locks = {}
-
-    def get(self, key, compute):
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
-            with self._lock:
-                if key in self._data:
-                    self._data.move_to_end(key)
-                    return self._data[key]
-            value = compute()
-            with self._lock:
-                self._data[key] = value
-                self._data.move_to_end(key)
-                while len(self._data) > self.maxsize:
-                    self._data.popitem(last=False)
-                self._key_locks.pop(key, None)
-            return value
-
-    def peek(self, key):
-        """The cached value or `None`, without computing it."""
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def __len__(self):
-        return len(self._data)
+def _frame_doc(method):
+    """Put the parameters of a frame (run, camcol, field, band) into a method's docstring."""
+    method.__doc__ = method.__doc__.replace("{frame_parameters}", _FRAME_PARAMETERS)
+    return method
 
 
 class MockSky:
@@ -137,8 +104,14 @@ class MockSky:
                              arm_phase=np.asarray(c["arm_phase"].to_value(u.rad)))
         self._mags = {b: np.asarray(c[f"modelMag_{b}"].to_value(u.mag)) for b in BANDS}
         self._bulge_frac = {b: np.asarray(c[f"bulge_frac_{b}"]) for b in BANDS}
-        self._frames = _LRU(max_cached_frames)
-        self._files = _LRU(max(4, max_cached_frames // 3))
+        # Per-instance LRU caches (lru_cache on methods would be shared by all skies and
+        # keep them alive). The weak mapping sees the frames the cache still holds, so
+        # cutouts can use a rendered frame without rendering one.
+        self._frames = functools.lru_cache(maxsize=max_cached_frames)(self._render_frame)
+        self._cached_frames = weakref.WeakValueDictionary()
+        self._files = functools.lru_cache(maxsize=max(4, max_cached_frames // 3))(self._frame_bytes)
+        # astropy caches the KD-tree of the catalogue on this SkyCoord, built at the first match
+        self._coords = SkyCoord(self._gal["ra"], self._gal["dec"], unit="deg")
 
     # ----------------------------------------------------------------- catalogue
     def sql_columns(self):
@@ -187,25 +160,21 @@ class MockSky:
             Index of the input position, catalogue row and distance (arcmin) of each match,
             ordered by input position then distance.
         """
-        if getattr(self, "_tree", None) is None:
-            from scipy.spatial import cKDTree
-            self._tree = cKDTree(_unit_vectors(self._gal["ra"], self._gal["dec"]))
-        ra, dec = np.atleast_1d(np.asarray(ra, dtype=float)), np.atleast_1d(np.asarray(dec, dtype=float))
-        chord = 2.0 * np.sin(np.deg2rad(radius_arcsec / 3600.0) / 2.0)
-        ups, rows, dists = [], [], []
-        for j, hits in enumerate(self._tree.query_ball_point(_unit_vectors(ra, dec), chord)):
-            if not hits:
-                continue
-            hits = np.asarray(hits)
-            v = _unit_vectors(ra[j:j + 1], dec[j:j + 1])[0]
-            d = 2.0 * np.arcsin(np.linalg.norm(self._tree.data[hits] - v, axis=1) / 2.0)
-            order = np.argsort(d)
-            if nearest:
-                order = order[:1]
-            ups.extend([j] * len(order))
-            rows.extend(hits[order].tolist())
-            dists.extend(np.rad2deg(d[order]) * 60.0)
-        return np.asarray(ups, dtype=np.intp), np.asarray(rows, dtype=np.intp), np.asarray(dists)
+        coords = SkyCoord(np.atleast_1d(np.asarray(ra, dtype=float)),
+                          np.atleast_1d(np.asarray(dec, dtype=float)), unit="deg")
+        if len(coords) == 0 or len(self._coords) == 0:
+            empty = np.zeros(0, dtype=np.intp)
+            return empty, empty, np.zeros(0)
+        radius = radius_arcsec * u.arcsec
+        if nearest:
+            rows, sep, _ = coords.match_to_catalog_sky(self._coords)
+            up = np.flatnonzero(sep <= radius)
+            rows, sep = rows[up], sep[up]
+        else:
+            up, rows, sep, _ = search_around_sky(coords, self._coords, radius)
+            order = np.lexsort((sep.deg, up))
+            up, rows, sep = up[order], rows[order], sep[order]
+        return up.astype(np.intp), rows.astype(np.intp), sep.to_value(u.arcmin)
 
     # ----------------------------------------------------------------- fields
     def field_table(self):
@@ -224,9 +193,7 @@ class MockSky:
             counts[(cc, ff)] = counts.get((cc, ff), 0) + 1
         t = Table()
         n = len(fp)
-        t["fieldID"] = (np.uint64(0x10) << np.uint64(59) | (np.uint64(RERUN) << np.uint64(48))
-                        | (np.uint64(fp.run) << np.uint64(32)) | (fp.camcol.astype(np.uint64) << np.uint64(29))
-                        | (fp.field.astype(np.uint64) << np.uint64(16)))
+        t["fieldID"] = make_objid(fp.run, fp.camcol, fp.field, 0)  # SDSS: the objID bits, obj = 0
         t["run"] = np.full(n, fp.run, dtype=np.int32)
         t["rerun"] = np.full(n, RERUN, dtype=np.int32)
         t["camcol"] = fp.camcol.astype(np.int32)
@@ -251,15 +218,11 @@ class MockSky:
             raise KeyError(msg)
         return k
 
+    @_frame_doc
     def wcs(self, run, camcol, field, band):
         """TAN WCS of a frame (with the sub-pixel offset of that band).
 
-        Parameters
-        ----------
-        run, camcol, field : int
-            Frame identifiers.
-        band : str
-            One of ``ugriz``.
+        {frame_parameters}
 
         Returns
         -------
@@ -268,15 +231,11 @@ class MockSky:
         k = self._field_index(run, camcol, field)
         return self.footprint.wcs(k, self._offsets[k, _band_index(band)])
 
+    @_frame_doc
     def fwhm(self, run, camcol, field, band):
         """Seeing FWHM of a frame.
 
-        Parameters
-        ----------
-        run, camcol, field : int
-            Frame identifiers.
-        band : str
-            One of ``ugriz``.
+        {frame_parameters}
 
         Returns
         -------
@@ -286,15 +245,11 @@ class MockSky:
         k = self._field_index(run, camcol, field)
         return float(self.fwhm_r[k] * SEEING_RATIO[band])
 
+    @_frame_doc
     def sky_level(self, run, camcol, field, band):
         """Sky level of a frame (subtracted in the frame; it sets the noise).
 
-        Parameters
-        ----------
-        run, camcol, field : int
-            Frame identifiers.
-        band : str
-            One of ``ugriz``.
+        {frame_parameters}
 
         Returns
         -------
@@ -334,18 +289,20 @@ class MockSky:
                 "noise": self.noise}
         return cache[key]
 
+    def _render_frame(self, k, band):
+        img = self._render(k, band)
+        img.flags.writeable = False
+        self._cached_frames[(k, band)] = img
+        return img
+
     def _render(self, k, band, region=None):
         return render_frame(**self._sources(k, band), region=region)
 
+    @_frame_doc
     def frame(self, run, camcol, field, band):
         """Rendered frame image (cached).
 
-        Parameters
-        ----------
-        run, camcol, field : int
-            Frame identifiers.
-        band : str
-            One of ``ugriz``.
+        {frame_parameters}
 
         Returns
         -------
@@ -357,21 +314,13 @@ class MockSky:
         return self._frame_k(k, band)
 
     def _frame_k(self, k, band):
-        def compute():
-            img = self._render(k, band)
-            img.flags.writeable = False
-            return img
-        return self._frames.get((int(k), band), compute)
+        return self._frames(int(k), band)
 
+    @_frame_doc
     def frame_hdulist(self, run, camcol, field, band):
         """The frame as an SDSS corrected-frame `~astropy.io.fits.HDUList` (four HDUs).
 
-        Parameters
-        ----------
-        run, camcol, field : int
-            Frame identifiers.
-        band : str
-            One of ``ugriz``.
+        {frame_parameters}
 
         Returns
         -------
@@ -383,29 +332,25 @@ class MockSky:
                              camcol=camcol, field=field, sky_nmgy=self.sky_level(run, camcol, field, band),
                              mjd=float(self._mjd[k]), fwhm_arcsec=self.fwhm(run, camcol, field, band))
 
+    @_frame_doc
     def frame_file(self, run, camcol, field, band):
         """Bytes of ``frame-{band}-{run:06d}-{camcol}-{field:04d}.fits.bz2`` (cached).
 
-        Parameters
-        ----------
-        run, camcol, field : int
-            Frame identifiers.
-        band : str
-            One of ``ugriz``.
+        {frame_parameters}
 
         Returns
         -------
         data : bytes
             bzip2-compressed FITS file.
         """
-        k = self._field_index(run, camcol, field)
+        self._field_index(run, camcol, field)
         _band_index(band)
+        return self._files(int(run), int(camcol), int(field), band)
 
-        def compute():
-            buf = io.BytesIO()
-            self.frame_hdulist(run, camcol, field, band).writeto(buf)
-            return bz2.compress(buf.getvalue(), compresslevel=1)
-        return self._files.get((int(k), band), compute)
+    def _frame_bytes(self, run, camcol, field, band):
+        buf = io.BytesIO()
+        self.frame_hdulist(run, camcol, field, band).writeto(buf)
+        return bz2.compress(buf.getvalue(), compresslevel=1)
 
     # ----------------------------------------------------------------- cutouts
     def cutout(self, ra, dec, scale, width, height, bands="gri"):
@@ -499,7 +444,7 @@ class MockSky:
                 x1 = min(math.ceil(xs.max()) + 2, NCOL)
                 y0 = max(math.floor(ys.min()) - 1, 0)
                 y1 = min(math.ceil(ys.max()) + 2, NROW)
-                full = self._frames.peek((int(k), band))
+                full = self._cached_frames.get((int(k), band))
                 if full is not None:
                     img = full[y0:y1, x0:x1]
                 else:

@@ -1,23 +1,37 @@
-"""Training utilities: catalogue query, dataset building, training and evaluation.
+"""Retraining the metallicity CNN: catalogue, cutouts, training and evaluation.
 
-Retrain the metallicity CNN on your own data::
+The functions follow the data flow::
 
     from astro_metallicity.train import (query_training_catalog, build_dataset,
-                                         read_dataset, train_model, evaluate)
+                                         read_dataset, TrainingConfig, train_model,
+                                         calibrate_error_scale, evaluate)
 
-The modules follow the data flow: ``astro_metallicity.train.catalog`` (SDSS
-query) -> ``astro_metallicity.train.dataset`` (cutouts into HDF5) ->
-``astro_metallicity.train.training`` -> ``astro_metallicity.train.evaluation``.
-torch is imported by `astro_metallicity.model` functions when they run.
+    catalog = query_training_catalog()                  # SDSS + MPA-JHU labels
+    build_dataset(catalog, "cutouts.h5")                # the pipeline's own cutouts
+    train, val, test = read_dataset("cutouts.h5").split((0.8, 0.1, 0.1))
+    result = train_model(train, val, TrainingConfig(epochs=30))
+    report = evaluate(result.model, test, train=train)  # next to the baselines
+
+`dataset_from_images` builds a set from a folder of JPEG/PNG cutouts and a
+labels table instead. torch is imported when training runs, not on import.
 """
 
-from . import catalog as _catalog
-from . import dataset as _dataset
-from . import evaluation as _evaluation
-from . import training as _training
-from .catalog import *
-from .dataset import *
-from .evaluation import *
-from .training import *
+from .catalog import query_training_catalog, training_catalog_sql
+from .dataset import LabelledCutouts, build_dataset, dataset_from_images, read_dataset
+from .evaluation import calibrate_error_scale, evaluate, write_report
+from .training import TrainingConfig, TrainingResult, train_model
 
-__all__ = _catalog.__all__ + _dataset.__all__ + _training.__all__ + _evaluation.__all__
+__all__ = [
+    "LabelledCutouts",
+    "TrainingConfig",
+    "TrainingResult",
+    "build_dataset",
+    "calibrate_error_scale",
+    "dataset_from_images",
+    "evaluate",
+    "query_training_catalog",
+    "read_dataset",
+    "train_model",
+    "training_catalog_sql",
+    "write_report",
+]

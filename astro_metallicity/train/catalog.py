@@ -11,21 +11,18 @@ real SDSS or the local mock server (`astro_metallicity.mock.MockSDSS`).
 import astropy.units as u
 import numpy as np
 from astropy.table import Table
+from astroquery.sdss import SDSS
 
 from .._config import conf
+from ..acquire._http import astroquery_sdss
 from ..logger import log
 
-__all__ = [
-    "CATALOG_UNITS",
-    "TRAINING_CATALOG_SQL",
-    "query_training_catalog",
-    "training_catalog_sql",
-]
+__all__ = ["query_training_catalog", "training_catalog_sql"]
 
-#: The seed repository's training-catalogue query (its ``INTO mydb.…`` clause
-#: dropped so it runs as a SkyServer SQL search). ``{top}`` is replaced by
-#: ``TOP n `` or by nothing.
-TRAINING_CATALOG_SQL = """SELECT {top}
+# The seed repository's training-catalogue query (its ``INTO mydb.…`` clause
+# dropped so it runs as a SkyServer SQL search). ``{top}`` is replaced by
+# ``TOP n `` or by nothing.
+_TRAINING_CATALOG_SQL = """SELECT {top}
   G.objID, GSI.specObjID, G.ra, G.dec,
   S.z, S.zErr, S.velDisp, S.velDispErr,
   G.modelMag_u, modelMagErr_u, G.modelMag_g, modelMagErr_g,
@@ -57,8 +54,8 @@ WHERE (G.petroMag_r > 10 AND G.petroMag_r < 18)
 
 _FLUX_UNIT = u.Unit("1e-17 erg / (s cm2)")
 
-#: Units attached to the catalogue columns (case-insensitive match).
-CATALOG_UNITS = {
+# Units attached to the catalogue columns (case-insensitive match).
+_CATALOG_UNITS = {
     "ra": u.deg, "dec": u.deg,
     **{f"modelmag_{b}": u.mag for b in "ugriz"},
     **{f"modelmagerr_{b}": u.mag for b in "ugriz"},
@@ -87,12 +84,12 @@ def training_catalog_sql(top=None):
     sql : str
     """
     if top is None:
-        return TRAINING_CATALOG_SQL.format(top="")
+        return _TRAINING_CATALOG_SQL.format(top="")
     top = int(top)
     if top < 1:
         msg = f"top must be a positive integer or None, got {top}"
         raise ValueError(msg)
-    return TRAINING_CATALOG_SQL.format(top=f"TOP {top}")
+    return _TRAINING_CATALOG_SQL.format(top=f"TOP {top}")
 
 
 def query_training_catalog(*, top=None, data_release=None, timeout=None):
@@ -123,20 +120,17 @@ def query_training_catalog(*, top=None, data_release=None, timeout=None):
     astroquery.exceptions.RemoteServiceError
         If the server rejects the query.
     """
-    from astroquery.sdss import SDSS
-    from astroquery.sdss import conf as sdss_conf
-
     data_release = int(conf.data_release if data_release is None else data_release)
     timeout = float(conf.timeout if timeout is None else timeout)
     sql = training_catalog_sql(top)
-    log.info(f"Querying the training catalogue from {conf.skyserver_baseurl} (DR{data_release})")
-    with sdss_conf.set_temp("skyserver_baseurl", conf.skyserver_baseurl):
+    with astroquery_sdss() as urls:
+        log.info(f"Querying the training catalogue from {urls.skyserver} (DR{data_release})")
         table = SDSS.query_sql(sql, data_release=data_release, timeout=timeout, cache=False)
     if table is None:
         table = Table(names=["objID", "oh_p50"], dtype=[np.int64, float])
     table = Table(table)
     for name in table.colnames:
-        unit = CATALOG_UNITS.get(name.lower())
+        unit = _CATALOG_UNITS.get(name.lower())
         if unit is not None:
             table[name].unit = unit
     if "oh_p50" in table.colnames and len(table):
@@ -145,7 +139,7 @@ def query_training_catalog(*, top=None, data_release=None, timeout=None):
             log.warning(f"Dropping {np.count_nonzero(~good)} rows with non-finite oh_p50")
             table = table[good]
     table.meta["query"] = " ".join(sql.split())
-    table.meta["skyserver"] = str(conf.skyserver_baseurl)
+    table.meta["skyserver"] = urls.skyserver
     table.meta["data_release"] = data_release
     log.info(f"Training catalogue: {len(table)} galaxies")
     return table

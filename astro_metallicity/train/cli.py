@@ -21,9 +21,8 @@ Evaluate a model on a store, with baselines fitted on another::
     astro-metallicity evaluate --model tuned_model.pt --data test.h5 --train train.h5 \\
         --figures figs/ --report report.json
 
-Train the bundled model (see `astro_metallicity.train.bundled`)::
-
-    astro-metallicity train --recipe bundled
+The recipe of the bundled model is not part of the installed package: it is
+``recipes/bundled.py`` in a source checkout (``python recipes/bundled.py --output DIR``).
 """
 
 import argparse
@@ -31,16 +30,16 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["evaluate", "evaluate_parser", "main", "train", "train_parser"]
+__all__ = ["evaluate", "main", "train"]
+
+_RECIPE_MOVED = ("the bundled-model recipe is no longer part of the package: from a source "
+                 "checkout run `python recipes/bundled.py --output DIR` (see its --help)")
 
 
-def train_parser(parser=None):
+def _train_parser(parser=None):
     """Arguments of ``astro-metallicity train`` (added to ``parser`` if given)."""
     p = parser or argparse.ArgumentParser(prog="astro-metallicity train",
                                           description="Train or fine-tune the metallicity CNN.")
-    p.add_argument("--recipe", choices=["bundled"],
-                   help="run a named recipe; further arguments go to it "
-                        "(python -m astro_metallicity.train.bundled --help)")
     data = p.add_argument_group("data (one of)")
     data.add_argument("--data", help="HDF5 cutout store (from build_dataset / an earlier --store)")
     data.add_argument("--images", help="folder of JPEG/PNG cutouts named {id}.jpg")
@@ -57,9 +56,10 @@ def train_parser(parser=None):
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--output", required=False, help="model path (writes .pt and .json)")
     p.add_argument("--init-from", help="checkpoint to fine-tune ('bundled' for the bundled model)")
-    p.add_argument("--arch", default="resnet18")
-    p.add_argument("--input-size", type=int, default=64)
-    p.add_argument("--outputs", default="metallicity,log_mstar")
+    # network options: defaults for a new network; --init-from keeps the model's own
+    p.add_argument("--arch", help="network architecture (default resnet18)")
+    p.add_argument("--input-size", type=int, help="network input side in px (default 64)")
+    p.add_argument("--outputs", help="comma-separated outputs (default metallicity,log_mstar)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
@@ -73,7 +73,7 @@ def train_parser(parser=None):
     return p
 
 
-def evaluate_parser(parser=None):
+def _evaluate_parser(parser=None):
     """Arguments of ``astro-metallicity evaluate`` (added to ``parser`` if given)."""
     p = parser or argparse.ArgumentParser(prog="astro-metallicity evaluate",
                                           description="Evaluate a model on a labelled set.")
@@ -106,14 +106,9 @@ def _load_data(args):
 def train(argv=None):
     """Run ``astro-metallicity train`` with the given arguments. Returns an exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--recipe" in argv:
-        k = argv.index("--recipe")
-        if k + 1 >= len(argv) or argv[k + 1] != "bundled":
-            raise SystemExit("--recipe: the only recipe is 'bundled'")
-        from .bundled import main as bundled_main
-
-        return bundled_main(argv[:k] + argv[k + 2:])
-    args = train_parser().parse_args(argv)
+    if any(a == "--recipe" or a.startswith("--recipe=") for a in argv):
+        raise SystemExit(_RECIPE_MOVED)
+    args = _train_parser().parse_args(argv)
     from ..logger import log
 
     log.setLevel("INFO")
@@ -123,13 +118,22 @@ def train(argv=None):
         torch.set_num_threads(args.threads)
     from ..model import bundled_model_path, save_model
     from .catalog import query_training_catalog
-    from .dataset import build_dataset, read_dataset, split_indices
+    from .dataset import build_dataset, read_dataset
     from .evaluation import calibrate_error_scale, write_report
     from .evaluation import evaluate as run_evaluation
-    from .training import train_model
+    from .training import TrainingConfig, train_model
 
     if not args.output:
         raise SystemExit("--output PATH is required (the model is written to PATH.pt/.json)")
+    outputs = (None if args.outputs is None
+               else [s.strip() for s in args.outputs.split(",") if s.strip()])
+    try:
+        config = TrainingConfig(outputs=outputs, arch=args.arch, input_size=args.input_size,
+                                epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr,
+                                weight_decay=args.weight_decay, patience=args.patience,
+                                seed=args.seed, device=args.device)
+    except ValueError as exc:
+        raise SystemExit(f"astro-metallicity train: {exc}") from None
     if args.query_catalog:
         if not args.store:
             raise SystemExit("--query-catalog needs --store PATH.h5")
@@ -140,19 +144,14 @@ def train(argv=None):
     else:
         data = _load_data(args)
     train_fraction = 1.0 - args.val_fraction - args.test_fraction
-    parts = split_indices(len(data), (train_fraction, args.val_fraction, args.test_fraction),
-                          seed=args.split_seed)
-    train_set, val_set, test_set = (data.subset(p) for p in parts)
+    train_set, val_set, test_set = data.split(
+        (train_fraction, args.val_fraction, args.test_fraction), seed=args.split_seed)
     init_from = args.init_from
     if init_from == "bundled":
         init_from = bundled_model_path()
     output = Path(args.output)
     result = train_model(
-        train_set, val_set if len(val_set) else None,
-        outputs=[s.strip() for s in args.outputs.split(",") if s.strip()], arch=args.arch,
-        input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size,
-        max_lr=args.lr, weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
-        device=args.device, init_from=init_from,
+        train_set, val_set if len(val_set) else None, config, init_from=init_from,
         checkpoint_dir=args.checkpoint_dir or output.with_name(output.name + "_ckpt"),
         metadata={"provenance": {"command": "astro-metallicity train " + " ".join(argv)}})
     model = result.model
@@ -177,7 +176,7 @@ def train(argv=None):
 def evaluate(argv=None):
     """Run ``astro-metallicity evaluate`` with the given arguments. Returns an exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = evaluate_parser().parse_args(argv)
+    args = _evaluate_parser().parse_args(argv)
     from ..model import load_model
     from .dataset import read_dataset
     from .evaluation import evaluate as run_evaluation

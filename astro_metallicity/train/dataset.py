@@ -2,16 +2,14 @@
 
 `build_dataset` fetches and preprocesses a cutout for every galaxy of a
 catalogue with the prediction pipeline's own code
-(`astro_metallicity.preprocess.make_cutouts`, which calls
-`astro_metallicity.acquire`), chunk by chunk, into one HDF5 file: ``images``
+(`astro_metallicity.acquire.fetch_cutouts`), chunk by chunk, into one HDF5 file: ``images``
 (uint8, N x size x size x 3), ``flags`` (empty string = good cutout) and the
 catalogue (with units). A chunk is marked done only after it is written, so
 a crashed or interrupted build resumes where it stopped.
 
 `dataset_from_images` makes the same kind of store from a folder of JPEG/PNG
 cutouts and a CSV of labels (e.g. the real SDSS ImgCutout JPEGs with MPA-JHU
-metallicities). `read_dataset` loads a store as a `LabelledCutouts`, and
-`HDF5CutoutDataset` streams one to a `torch.utils.data.DataLoader`.
+metallicities). `read_dataset` loads a store as a `LabelledCutouts`.
 """
 
 import json
@@ -22,23 +20,14 @@ import numpy as np
 from astropy.table import Table
 
 from .. import __version__
+from ..acquire import fetch_cutouts
 from ..logger import log
+from ..preprocess import adaptive_scale
 
-__all__ = [
-    "TARGET_COLUMNS",
-    "HDF5CutoutDataset",
-    "LabelledCutouts",
-    "build_dataset",
-    "catalog_fingerprint",
-    "concat_cutouts",
-    "dataset_from_images",
-    "read_dataset",
-    "split_indices",
-    "write_dataset",
-]
+__all__ = ["LabelledCutouts", "build_dataset", "dataset_from_images", "read_dataset"]
 
-#: Catalogue column holding each model output.
-TARGET_COLUMNS = {"metallicity": "oh_p50", "log_mstar": "lgm_tot_p50"}
+# Catalogue column holding each model output.
+_TARGET_COLUMNS = {"metallicity": "oh_p50", "log_mstar": "lgm_tot_p50"}
 
 _STORE_FORMAT = "astro_metallicity-cutouts"
 _STORE_VERSION = 1
@@ -52,7 +41,7 @@ class LabelledCutouts:
     images : `~numpy.ndarray`
         ``uint8`` array ``(N, size, size, 3)``.
     catalog : `~astropy.table.Table`
-        N rows; labels in the columns named by `TARGET_COLUMNS`.
+        N rows; labels in the columns named by ``oh_p50`` (metallicity) and ``lgm_tot_p50`` (log_mstar).
     flags : array of str, optional
         Per-row flag; empty string means the cutout is good.
     meta : dict, optional
@@ -92,13 +81,35 @@ class LabelledCutouts:
             index = np.flatnonzero(index)
         return LabelledCutouts(self.images[index], self.catalog[index], self.flags[index], self.meta)
 
+    def split(self, fractions, *, seed=0):
+        """Random disjoint parts, e.g. training, validation and test sets.
+
+        Parameters
+        ----------
+        fractions : sequence of float
+            Fraction of the rows in each part, e.g. ``(0.8, 0.1, 0.1)``; must sum to 1.
+        seed : int
+            Seed of the random permutation.
+
+        Returns
+        -------
+        parts : list of `LabelledCutouts`
+            One per fraction, each with its rows in their original order.
+
+        Raises
+        ------
+        ValueError
+            If a fraction is negative or they do not sum to 1.
+        """
+        return [self.subset(index) for index in _split_indices(len(self), fractions, seed=seed)]
+
     def targets(self, outputs):
         """Labels as a float array ``(N, len(outputs))``, NaN where missing.
 
         Parameters
         ----------
         outputs : sequence of str
-            Output names, keys of `TARGET_COLUMNS`.
+            Output names, keys of ``oh_p50`` (metallicity) and ``lgm_tot_p50`` (log_mstar).
 
         Returns
         -------
@@ -106,7 +117,7 @@ class LabelledCutouts:
         """
         columns = []
         for name in outputs:
-            column = TARGET_COLUMNS.get(name, name)
+            column = _TARGET_COLUMNS.get(name, name)
             if column not in self.catalog.colnames:
                 columns.append(np.full(len(self), np.nan))
                 continue
@@ -118,7 +129,17 @@ class LabelledCutouts:
         return np.stack(columns, axis=1).astype(np.float64)
 
 
-def concat_cutouts(parts):
+def _as_cutouts(data, name):
+    """``data`` as a `LabelledCutouts`: itself, read from a store path, or None."""
+    if data is None or isinstance(data, LabelledCutouts):
+        return data
+    if isinstance(data, (str, Path)):
+        return read_dataset(data)
+    msg = f"{name} must be a LabelledCutouts or the path of a cutout store, got {type(data).__name__}"
+    raise TypeError(msg)
+
+
+def _concat_cutouts(parts):
     """Stack several `LabelledCutouts` (e.g. real and simulated) into one.
 
     Parameters
@@ -130,7 +151,7 @@ def concat_cutouts(parts):
     Returns
     -------
     cutouts : `LabelledCutouts`
-        Images stacked; the catalogue keeps the label columns of `TARGET_COLUMNS`
+        Images stacked; the catalogue keeps the label columns of ``oh_p50`` (metallicity) and ``lgm_tot_p50`` (log_mstar)
         (NaN where a part has no such label) and a ``part`` column (index in
         ``parts``).
     """
@@ -142,9 +163,9 @@ def concat_cutouts(parts):
     if len(sizes) != 1:
         msg = f"all parts must have cutouts of one shape, got {sorted(sizes)}"
         raise ValueError(msg)
-    names = list(TARGET_COLUMNS)
+    names = list(_TARGET_COLUMNS)
     targets = np.concatenate([p.targets(names) for p in parts])
-    catalog = Table({TARGET_COLUMNS[name]: targets[:, j] for j, name in enumerate(names)})
+    catalog = Table({_TARGET_COLUMNS[name]: targets[:, j] for j, name in enumerate(names)})
     catalog["oh_p50"].unit = u.dex
     catalog["part"] = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)])
     images = np.concatenate([p.images for p in parts])
@@ -152,7 +173,7 @@ def concat_cutouts(parts):
     return LabelledCutouts(images, catalog, flags, {"parts": len(parts)})
 
 
-def split_indices(n, fractions, *, seed=0):
+def _split_indices(n, fractions, *, seed=0):
     """Random disjoint index sets covering ``range(n)``.
 
     Parameters
@@ -182,7 +203,7 @@ def split_indices(n, fractions, *, seed=0):
 # --------------------------------------------------------------------------- HDF5 store
 
 
-def catalog_fingerprint(catalog):
+def _catalog_fingerprint(catalog):
     """A short hash of a catalogue's positions and labels.
 
     `build_dataset` stores it and resumes only into a store built from the same
@@ -264,19 +285,12 @@ def _coordinates(catalog):
 
 
 def _default_cutout_func(coords, catalog, *, source, scale, size):
-    from .. import preprocess
-
-    if not hasattr(preprocess, "make_cutouts"):
-        msg = ("astro_metallicity.preprocess.make_cutouts is not available; pass cutout_func= "
-               "to build_dataset")
-        raise ImportError(msg)
     if isinstance(scale, str) and scale == "adaptive" and "petroR90_r" in catalog.colnames:
         # The catalogue already has petroR90_r: per-target scales save a look-up each.
         r90 = catalog["petroR90_r"]
         r90 = r90.quantity if r90.unit is not None else np.asarray(r90, float) * u.arcsec
-        scale = preprocess.adaptive_scale(r90, size=size)
-    result = preprocess.make_cutouts(coords, source=source, scale=scale, size=size,
-                                     progress=False)
+        scale = adaptive_scale(r90, size=size)
+    result = fetch_cutouts(coords, source=source, scale=scale, size=size, progress=False)
     return np.asarray(result.images), np.asarray(result.flags, dtype=object)
 
 
@@ -308,7 +322,7 @@ def build_dataset(catalog, path, *, source="jpeg", scale="adaptive", size=128, c
         Show a progress bar over chunks.
     cutout_func : callable, optional
         ``cutout_func(coords, catalog_rows, source=, scale=, size=) -> (images, flags)``.
-        Default: `astro_metallicity.preprocess.make_cutouts`, the prediction
+        Default: `astro_metallicity.acquire.fetch_cutouts`, the prediction
         pipeline's function.
 
     Returns
@@ -334,7 +348,7 @@ def build_dataset(catalog, path, *, source="jpeg", scale="adaptive", size=128, c
         raise ValueError(msg)
     scale_attr = scale if isinstance(scale, str) else str(u.Quantity(scale))
     attrs = {"source": source, "scale": scale_attr,
-             "catalog_fingerprint": catalog_fingerprint(catalog)}
+             "catalog_fingerprint": _catalog_fingerprint(catalog)}
     cutout_func = _default_cutout_func if cutout_func is None else cutout_func
     n = len(catalog)
     if overwrite or not path.exists():
@@ -368,7 +382,7 @@ def build_dataset(catalog, path, *, source="jpeg", scale="adaptive", size=128, c
     return path
 
 
-def write_dataset(cutouts, path, *, chunk_size=256):
+def _write_dataset(cutouts, path, *, chunk_size=256):
     """Write a `LabelledCutouts` to an HDF5 store readable by `read_dataset`.
 
     Parameters
@@ -408,7 +422,7 @@ def read_dataset(path, *, good_only=True):
     Parameters
     ----------
     path : str or path-like
-        A store written by `build_dataset`, `write_dataset` or `dataset_from_images`.
+        A store written by `build_dataset` or `dataset_from_images`.
     good_only : bool
         Keep only rows with an empty flag (a good cutout).
 
@@ -462,7 +476,7 @@ def dataset_from_images(image_dir, labels, path=None, *, id_column="objID",
         Column whose value names the image file.
     label_columns : dict, optional
         Mapping of label column to catalogue column name, e.g. ``{'Z': 'oh_p50'}``.
-        Default: columns already named as in `TARGET_COLUMNS` are used as they are.
+        Default: columns already named as in ``oh_p50`` (metallicity) and ``lgm_tot_p50`` (log_mstar) are used as they are.
     pattern : str
         File name of an image, ``{id}`` replaced by the id.
 
@@ -485,7 +499,7 @@ def dataset_from_images(image_dir, labels, path=None, *, id_column="objID",
         raise ValueError(msg)
     for old, new in (label_columns or {}).items():
         labels.rename_column(old, new)
-    for column in TARGET_COLUMNS.values():
+    for column in _TARGET_COLUMNS.values():
         if column in labels.colnames and labels[column].unit is None:
             labels[column].unit = u.dex
     images, keep = [], []
@@ -508,11 +522,11 @@ def dataset_from_images(image_dir, labels, path=None, *, id_column="objID",
     cutouts = LabelledCutouts(np.stack(images), labels[keep], None,
                         {"source": "images", "image_dir": str(image_dir), "scale": "adaptive"})
     if path is not None:
-        write_dataset(cutouts, path)
+        _write_dataset(cutouts, path)
     return cutouts
 
 
-class HDF5CutoutDataset:
+class _HDF5CutoutDataset:
     """A `torch.utils.data.Dataset` streaming cutouts and labels from an HDF5 store.
 
     The file is opened lazily in each DataLoader worker.
@@ -522,7 +536,7 @@ class HDF5CutoutDataset:
     path : str or path-like
         Store written by `build_dataset` (complete).
     outputs : sequence of str
-        Label names (keys of `TARGET_COLUMNS`).
+        Label names (keys of ``oh_p50`` (metallicity) and ``lgm_tot_p50`` (log_mstar)).
     indices : array of int, optional
         Rows to serve (default: all good rows).
     transform : callable, optional

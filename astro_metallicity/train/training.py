@@ -1,7 +1,8 @@
 """Training the metallicity CNN.
 
-`train_model` trains (or fine-tunes) a network from `astro_metallicity.model`
-on a `LabelledCutouts`:
+`train_model` trains (or fine-tunes) the network on a
+`~astro_metallicity.train.LabelledCutouts` with the settings of a
+`TrainingConfig`:
 
 * augmentation with torchvision transforms: the 8 dihedral views (random
   horizontal flip and rotation by a multiple of 90 degrees) and a random zoom
@@ -21,6 +22,7 @@ on a `LabelledCutouts`:
 """
 
 import copy
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,120 +30,168 @@ from pathlib import Path
 
 import numpy as np
 
-from ..logger import log
-from ..model import (
-    MetallicityModel,
-    _images_to_input,
-    _resolve_device,
+from .._network import (
+    ARCHITECTURES,
+    OUTPUT_UNITS,
     build_network,
     default_metadata,
-    load_model,
-    save_model,
+    images_to_input,
+    resolve_device,
 )
-from .dataset import LabelledCutouts, read_dataset
+from ..logger import log
+from ..model import MetallicityModel, load_model, save_model
+from ._metrics import residual_metrics
+from .dataset import _as_cutouts
 
-__all__ = [
-    "RandomRot90",
-    "TrainingResult",
-    "residual_metrics",
-    "train_model",
-    "training_transform",
-]
+__all__ = ["TrainingConfig", "TrainingResult", "train_model"]
 
 _CHECKPOINT = "last_checkpoint.pt"
 _BEST = "best"
+# Settings a checkpoint must share with the run resuming it, and the values of
+# those missing from checkpoints written before the fine-tuning options existed.
+_RESUME_KEYS = ("n_train", "epochs", "batch_size", "max_lr", "seed", "loss",
+                "backbone_lr_factor", "freeze_batchnorm", "anchor_strength")
+_RESUME_DEFAULTS = {"backbone_lr_factor": 1.0, "freeze_batchnorm": False, "anchor_strength": 0.0}
+# Network settings that a model given as init_from fixes.
+_NETWORK_KEYS = ("arch", "input_size", "outputs")
+_NEW_NETWORK_DEFAULTS = {"arch": "resnet18", "input_size": 64,
+                         "outputs": ("metallicity", "log_mstar")}
 
 
-def residual_metrics(true, pred):
-    """RMSE, NMAD and bias of predictions.
+@dataclass
+class TrainingConfig:
+    """Settings of a `train_model` run.
 
-    Parameters
-    ----------
-    true, pred : array-like
-        True and predicted values; pairs with a NaN are ignored.
-
-    Returns
-    -------
-    metrics : dict
-        ``rmse``, ``nmad`` (1.4826 x median absolute deviation of the residuals
-        from their median), ``bias`` (mean residual, pred - true) and ``n``.
-    """
-    true = np.asarray(true, dtype=float)
-    pred = np.asarray(pred, dtype=float)
-    ok = np.isfinite(true) & np.isfinite(pred)
-    r = pred[ok] - true[ok]
-    if not len(r):
-        return {"rmse": float("nan"), "nmad": float("nan"), "bias": float("nan"), "n": 0}
-    return {
-        "rmse": float(np.sqrt(np.mean(r**2))),
-        "nmad": float(1.4826 * np.median(np.abs(r - np.median(r)))),
-        "bias": float(np.mean(r)),
-        "n": len(r),
-    }
-
-
-class RandomRot90:
-    """Rotate an image tensor ``(..., H, W)`` by a random multiple of 90 degrees."""
-
-    def __call__(self, image):
-        import torch
-
-        k = int(torch.randint(0, 4, (1,)))
-        return torch.rot90(image, k, dims=(-2, -1)) if k else image
-
-    def __repr__(self):
-        return "RandomRot90()"
-
-
-def training_transform(input_size, *, zoom=1.1):
-    """The training augmentation: dihedral flips/rotations and a small random zoom.
+    Every setting is checked when the object is made, so a typo or an
+    impossible value fails before any data is read.
 
     Parameters
     ----------
-    input_size : int
-        Output side in pixels (the network input size).
+    outputs : sequence of str, optional
+        Quantities to predict, ``'metallicity'`` and optionally ``'log_mstar'``.
+        Default ``('metallicity', 'log_mstar')`` for a new network; with
+        ``init_from`` the starting model's (another value is an error).
+    arch : {'resnet18', 'resnet34', 'tiny'}, optional
+        Network architecture; default ``'resnet18'`` for a new network, the
+        starting model's with ``init_from`` (another value is an error).
+        ``'tiny'`` is a 3-layer CNN for tests.
+    input_size : int, optional
+        Network input side in pixels; cutouts are resized to it. Default 64 for
+        a new network, the starting model's with ``init_from`` (another value is
+        an error).
+    epochs : int
+        Number of epochs (the one-cycle schedule spans them all).
+    batch_size : int
+        Images per optimisation step.
+    max_lr : float
+        Peak learning rate of the one-cycle schedule.
+    weight_decay : float
+        AdamW weight decay.
+    pct_start : float
+        Fraction of steps with rising learning rate.
+    loss : {'mse+nll', 'nll'}
+        Loss function (see `astro_metallicity.train.train_model`).
     zoom : float
-        Maximum zoom factor (>= 1); a random square crop with side between
-        ``1/zoom`` and 1 of the image, anywhere inside it, is resized to
-        ``input_size`` with antialiasing.
+        Maximum random zoom of the augmentation (>= 1; 1 disables it).
+    patience : int
+        Stop after this many epochs without a better validation RMSE.
+    seed : int
+        Seed for initialisation, shuffling and augmentation.
+    backbone_lr_factor : float
+        Learning rate of every layer but the output head, as a fraction of
+        ``max_lr``, in (0, 1] (fine-tuning: below 1 keeps pretrained features
+        while the head adapts).
+    freeze_batchnorm : bool
+        Keep the batch-normalisation statistics of the starting network fixed
+        (fine-tuning on few images).
+    anchor_strength : float
+        With ``init_from``: decoupled L2-SP, a pull of the backbone weights
+        towards the pretrained ones, ``w -= lr * anchor_strength * (w - w_pretrained)``
+        after each step (0 disables it). It limits how far fine-tuning drifts
+        from what pretraining learned.
+    device : str, optional
+        Torch device; default ``conf.device`` (``'auto'``: CUDA if available).
+    num_workers : int
+        DataLoader worker processes.
 
-    Returns
-    -------
-    transform : `torchvision.transforms.v2.Compose`
-        Acts on uint8 tensors ``(3, H, W)``.
+    Raises
+    ------
+    ValueError
+        If a setting is out of its range.
+
+    Examples
+    --------
+    >>> from astro_metallicity.train import TrainingConfig
+    >>> config = TrainingConfig(epochs=30, max_lr=1e-3)
+    >>> config.batch_size
+    64
+    >>> TrainingConfig(loss="l1")
+    Traceback (most recent call last):
+    ...
+    ValueError: loss must be 'mse+nll' or 'nll', got 'l1'
     """
-    from torchvision.transforms import v2
 
-    zoom = float(zoom)
-    if zoom < 1:
-        msg = f"zoom must be >= 1, got {zoom}"
-        raise ValueError(msg)
-    return v2.Compose([
-        v2.RandomHorizontalFlip(p=0.5),
-        RandomRot90(),
-        v2.RandomResizedCrop(int(input_size), scale=(1.0 / zoom**2, 1.0), ratio=(1.0, 1.0),
-                             antialias=True),
-    ])
+    outputs: tuple = None
+    arch: str = None
+    input_size: int = None
+    epochs: int = 10
+    batch_size: int = 64
+    max_lr: float = 2e-3
+    weight_decay: float = 0.05
+    pct_start: float = 0.25
+    loss: str = "mse+nll"
+    zoom: float = 1.1
+    patience: int = 5
+    seed: int = 0
+    backbone_lr_factor: float = 1.0
+    freeze_batchnorm: bool = False
+    anchor_strength: float = 0.0
+    device: str = None
+    num_workers: int = 0
 
-
-class _ArrayDataset:
-    """torch Dataset over in-memory uint8 images (N, H, W, 3) and float targets."""
-
-    def __init__(self, images, targets, transform=None):
-        import torch
-
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        self.targets = torch.from_numpy(np.asarray(targets, dtype=np.float32))
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, index):
-        image = self.images[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.targets[index]
+    def __post_init__(self):
+        if self.loss not in ("mse+nll", "nll"):
+            msg = f"loss must be 'mse+nll' or 'nll', got {self.loss!r}"
+            raise ValueError(msg)
+        self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
+        if self.epochs < 1 or self.batch_size < 1:
+            msg = f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}"
+            raise ValueError(msg)
+        self.patience, self.num_workers = int(self.patience), int(self.num_workers)
+        if self.patience < 0 or self.num_workers < 0:
+            msg = (f"patience and num_workers must be >= 0, got {self.patience} and "
+                   f"{self.num_workers}")
+            raise ValueError(msg)
+        self.max_lr, self.weight_decay = float(self.max_lr), float(self.weight_decay)
+        if self.max_lr <= 0 or self.weight_decay < 0:
+            msg = (f"max_lr must be > 0 and weight_decay >= 0, got {self.max_lr} and "
+                   f"{self.weight_decay}")
+            raise ValueError(msg)
+        self.backbone_lr_factor = float(self.backbone_lr_factor)
+        self.anchor_strength = float(self.anchor_strength)
+        if not 0 < self.backbone_lr_factor <= 1 or self.anchor_strength < 0:
+            msg = (f"backbone_lr_factor must be in (0, 1] and anchor_strength >= 0, got "
+                   f"{self.backbone_lr_factor} and {self.anchor_strength}")
+            raise ValueError(msg)
+        self.zoom = float(self.zoom)
+        if self.zoom < 1:
+            msg = f"zoom must be >= 1, got {self.zoom}"
+            raise ValueError(msg)
+        if self.arch is not None and self.arch not in ARCHITECTURES:
+            msg = f"arch must be one of {ARCHITECTURES}, got {self.arch!r}"
+            raise ValueError(msg)
+        if self.input_size is not None:
+            self.input_size = int(self.input_size)
+            if self.input_size < 1:
+                msg = f"input_size must be a positive number of pixels, got {self.input_size}"
+                raise ValueError(msg)
+        if self.outputs is not None:
+            self.outputs = (self.outputs,) if isinstance(self.outputs, str) else tuple(self.outputs)
+            if "metallicity" not in self.outputs or any(o not in OUTPUT_UNITS
+                                                        for o in self.outputs):
+                msg = (f"outputs must include 'metallicity' and be among {list(OUTPUT_UNITS)}, "
+                       f"got {list(self.outputs)}")
+                raise ValueError(msg)
 
 
 @dataclass
@@ -172,13 +222,68 @@ class TrainingResult:
     checkpoint_dir: Path = None
 
 
-def _as_cutouts(data, name):
-    if data is None or isinstance(data, LabelledCutouts):
-        return data
-    if isinstance(data, (str, Path)):
-        return read_dataset(data)
-    msg = f"{name} must be a LabelledCutouts or the path of a cutout store, got {type(data).__name__}"
-    raise TypeError(msg)
+class _RandomRot90:
+    """Rotate an image tensor ``(..., H, W)`` by a random multiple of 90 degrees."""
+
+    def __call__(self, image):
+        import torch
+
+        k = int(torch.randint(0, 4, (1,)))
+        return torch.rot90(image, k, dims=(-2, -1)) if k else image
+
+    def __repr__(self):
+        return "_RandomRot90()"
+
+
+def _training_transform(input_size, *, zoom=1.1):
+    """The training augmentation: dihedral flips/rotations and a small random zoom.
+
+    Parameters
+    ----------
+    input_size : int
+        Output side in pixels (the network input size).
+    zoom : float
+        Maximum zoom factor (>= 1); a random square crop with side between
+        ``1/zoom`` and 1 of the image, anywhere inside it, is resized to
+        ``input_size`` with antialiasing.
+
+    Returns
+    -------
+    transform : `torchvision.transforms.v2.Compose`
+        Acts on uint8 tensors ``(3, H, W)``.
+    """
+    from torchvision.transforms import v2
+
+    zoom = float(zoom)
+    if zoom < 1:
+        msg = f"zoom must be >= 1, got {zoom}"
+        raise ValueError(msg)
+    return v2.Compose([
+        v2.RandomHorizontalFlip(p=0.5),
+        _RandomRot90(),
+        v2.RandomResizedCrop(int(input_size), scale=(1.0 / zoom**2, 1.0), ratio=(1.0, 1.0),
+                             antialias=True),
+    ])
+
+
+class _ArrayDataset:
+    """torch Dataset over in-memory uint8 images (N, H, W, 3) and float targets."""
+
+    def __init__(self, images, targets, transform=None):
+        import torch
+
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        self.targets = torch.from_numpy(np.asarray(targets, dtype=np.float32))
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
 
 
 def _loss_fn(out, y, n_out, kind):
@@ -234,7 +339,7 @@ def _predict_plain(network, images, metadata, device, batch_size=256):
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(images[start:start + batch_size]).to(device)
-            x = _images_to_input(batch.permute(0, 3, 1, 2), metadata)
+            x = images_to_input(batch.permute(0, 3, 1, 2), metadata)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=device.type, dtype=torch.float16,
@@ -257,12 +362,228 @@ def _image_normalization(images, max_images=4000, seed=0):
             "std": np.maximum(pixels.std(axis=0), 1e-3).round(5).tolist()}
 
 
-def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="resnet18",
-                input_size=64, epochs=10, batch_size=64, max_lr=2e-3, weight_decay=0.05,
-                pct_start=0.25, loss="mse+nll", zoom=1.1, patience=5, seed=0, device=None,
-                checkpoint_dir=None, resume=True, init_from=None, stop_after=None,
-                num_workers=0, metadata=None, backbone_lr_factor=1.0, freeze_batchnorm=False,
-                anchor_strength=0.0):
+def _resolve_config(config, settings):
+    """The run's `TrainingConfig`: ``config`` (or the defaults) with ``settings`` applied."""
+    if config is None:
+        config = TrainingConfig()
+    elif not isinstance(config, TrainingConfig):
+        msg = f"config must be a TrainingConfig, got {type(config).__name__}"
+        raise TypeError(msg)
+    names = {f.name for f in dataclasses.fields(TrainingConfig)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        msg = (f"train_model() got unknown settings {unknown}; the settings are the fields "
+               f"of TrainingConfig: {sorted(names)}")
+        raise TypeError(msg)
+    return dataclasses.replace(config, **settings) if settings else config
+
+
+def _pretrained(init_from, config):
+    """The starting model of a fine-tuning, after checking it against ``config``."""
+    base = init_from if isinstance(init_from, MetallicityModel) else load_model(
+        init_from, device="cpu")
+    have = {"arch": base.metadata["arch"], "input_size": int(base.metadata["input_size"]),
+            "outputs": tuple(base.metadata["outputs"])}
+    conflicts = {key: getattr(config, key) for key in _NETWORK_KEYS
+                 if getattr(config, key) is not None and getattr(config, key) != have[key]}
+    if conflicts:
+        asked = ", ".join(f"{k}={v!r}" for k, v in conflicts.items())
+        kept = ", ".join(f"{k}={have[k]!r}" for k in conflicts)
+        msg = (f"init_from fixes the network, but the settings ask for {asked} where the "
+               f"starting model has {kept}; leave {sorted(conflicts)} unset to fine-tune it, "
+               "or train a new network without init_from")
+        raise ValueError(msg)
+    return base
+
+
+def _starting_network(train, config, init_from):
+    """The network and metadata training starts from: a pretrained model or a new network."""
+    if init_from is not None:
+        base = _pretrained(init_from, config)
+        network = copy.deepcopy(base.network).cpu()
+        meta = copy.deepcopy(base.metadata)
+        meta.setdefault("training", [])
+        return network, meta
+    arch, input_size, outputs = (
+        _NEW_NETWORK_DEFAULTS[key] if getattr(config, key) is None else getattr(config, key)
+        for key in _NETWORK_KEYS)
+    outputs = list(outputs)
+    y = train.targets(outputs)
+    if not np.all(np.isfinite(y).any(axis=0)):
+        msg = f"train has no labels for some of outputs={outputs}"
+        raise ValueError(msg)
+    meta = default_metadata(
+        arch=arch, outputs=outputs, input_size=input_size,
+        cutout_size=train.images.shape[1],
+        label_mean={k: float(np.nanmean(y[:, j])) for j, k in enumerate(outputs)},
+        label_std={k: float(max(np.nanstd(y[:, j]), 1e-3)) for j, k in enumerate(outputs)},
+        normalization=_image_normalization(train.images, seed=config.seed))
+    meta["training"] = []
+    return build_network(arch, n_outputs=len(outputs)), meta
+
+
+def _merge_metadata(meta, extra):
+    """Merge user metadata entries into ``meta`` (dicts are updated, other values replaced)."""
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(meta.get(key), dict):
+            meta[key].update(copy.deepcopy(value))
+        else:
+            meta[key] = copy.deepcopy(value)
+
+
+def _optimisation(network, config, steps_per_epoch, device):
+    """AdamW, its one-cycle schedule and the gradient scaler, plus the backbone and its anchors."""
+    import torch
+
+    head_names = _head_parameter_names(network)
+    head = [p for n, p in network.named_parameters() if n in head_names]
+    backbone = [p for n, p in network.named_parameters() if n not in head_names]
+    # one parameter group unless the backbone trains more slowly (checkpoints of
+    # either layout resume with the same settings)
+    groups = ([{"params": backbone, "lr": config.max_lr * config.backbone_lr_factor},
+               {"params": head, "lr": config.max_lr}] if config.backbone_lr_factor != 1.0
+              else [{"params": backbone + head, "lr": config.max_lr}])
+    optimizer = torch.optim.AdamW(groups, lr=config.max_lr, weight_decay=config.weight_decay)
+    anchors = [p.detach().clone() for p in backbone] if config.anchor_strength else []
+    # OneCycleLR needs >= 2 steps in each phase; tiny runs get a slightly longer schedule.
+    total_steps = max(config.epochs * steps_per_epoch, 4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps,
+        pct_start=min(max(config.pct_start, 2.0 / total_steps), 1 - 2.0 / total_steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    return optimizer, scheduler, scaler, backbone, anchors
+
+
+def _stage_record(train, val, config, init_from, device):
+    """The description of this training stage kept in the model metadata and the checkpoint."""
+    stage = {"n_train": len(train), "n_val": 0 if val is None else len(val),
+             "epochs": config.epochs, "batch_size": config.batch_size, "optimizer": "AdamW",
+             "max_lr": config.max_lr, "weight_decay": config.weight_decay,
+             "schedule": f"OneCycleLR(pct_start={config.pct_start})", "loss": config.loss,
+             "augmentation": f"dihedral (flip + rot90), zoom <= {config.zoom}",
+             "seed": config.seed, "patience": config.patience,
+             "init_from": None if init_from is None
+             else str(getattr(init_from, "path", init_from)), "device": device.type}
+    if init_from is not None:
+        stage.update({"backbone_lr_factor": config.backbone_lr_factor,
+                      "freeze_batchnorm": bool(config.freeze_batchnorm),
+                      "anchor_strength": config.anchor_strength})
+    return stage
+
+
+@dataclass
+class _RunState:
+    """What a checkpoint keeps between epochs, besides the network and optimiser states."""
+
+    meta: dict
+    best_state: dict
+    history: list = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = np.inf
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    start_epoch: int = 0
+
+
+def _resume(ckpt_path, stage, run, network, optimizer, scheduler, scaler):
+    """Load the checkpoint of an interrupted run into the objects of this one."""
+    import torch
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    old_stage = json.loads(ckpt["stage"])
+    if any(old_stage.get(k, _RESUME_DEFAULTS.get(k)) != stage.get(k, _RESUME_DEFAULTS.get(k))
+           for k in _RESUME_KEYS):
+        old = {k: old_stage.get(k, _RESUME_DEFAULTS.get(k)) for k in _RESUME_KEYS}
+        msg = (f"checkpoint {ckpt_path} belongs to another run ({old}); use another "
+               "checkpoint_dir or resume=False")
+        raise ValueError(msg)
+    network.load_state_dict(ckpt["network"])
+    optimizer.load_state_dict(_regroup(ckpt["optimizer"], len(optimizer.param_groups)))
+    scheduler.load_state_dict(ckpt["scheduler"])
+    for key in ("base_lrs", "_last_lr"):  # lists of one entry per group
+        values = getattr(scheduler, key, None)
+        if isinstance(values, list) and len(values) != len(optimizer.param_groups):
+            setattr(scheduler, key, [values[-1]] * len(optimizer.param_groups))
+    scaler.load_state_dict(ckpt["scaler"])
+    run.best_state = ckpt["best_state"]
+    run.history = json.loads(ckpt["history"])
+    run.best_epoch, run.best_score = int(ckpt["best_epoch"]), float(ckpt["best_score"])
+    run.bad_epochs, run.stopped_early = int(ckpt["bad_epochs"]), bool(ckpt["stopped_early"])
+    run.meta = json.loads(ckpt["metadata"])
+    run.start_epoch = int(ckpt["epoch"]) + 1
+    log.info(f"Resuming training from {ckpt_path} at epoch {run.start_epoch}")
+
+
+def _save_checkpoint(ckpt_path, epoch, stage, run, network, optimizer, scheduler, scaler):
+    import torch
+
+    state = {
+        "epoch": epoch, "network": network.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "best_state": run.best_state, "history": json.dumps(run.history),
+        "best_epoch": run.best_epoch, "best_score": run.best_score,
+        "bad_epochs": run.bad_epochs, "stopped_early": run.stopped_early,
+        "metadata": json.dumps(run.meta), "stage": json.dumps(stage),
+    }
+    tmp = ckpt_path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(ckpt_path)
+
+
+def _train_epoch(network, loader, meta, config, device, optimisation):
+    """One pass over the training set; returns the summed loss and the number of images."""
+    import torch
+
+    optimizer, scheduler, scaler, backbone, anchors = optimisation
+    n_out = len(meta["outputs"])
+    network.train()
+    if config.freeze_batchnorm:
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    total, count = 0.0, 0
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        x = images_to_input(images, meta)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.float16,
+                            enabled=device.type == "cuda"):
+            out = network(x)
+        batch_loss = _loss_fn(out.float(), targets, n_out, config.loss)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(batch_loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
+        scaler.step(optimizer)
+        scaler.update()
+        if anchors:
+            lr_backbone = optimizer.param_groups[0]["lr"]
+            with torch.no_grad():
+                for p, p0 in zip(backbone, anchors, strict=True):
+                    p.sub_(p - p0, alpha=lr_backbone * config.anchor_strength)
+        scheduler.step()
+        total += float(batch_loss.detach()) * len(images)
+        count += len(images)
+    return total, count
+
+
+def _validation_metrics(network, val, meta, device):
+    """Validation RMSE, NMAD and bias of every output, keyed ``val_{output}_{metric}``."""
+    outputs = list(meta["outputs"])
+    pred = _to_physical(_predict_plain(network, val.images, meta, device), meta)
+    truth = val.targets(outputs)
+    record = {}
+    for j, name in enumerate(outputs):
+        for key, value in residual_metrics(truth[:, j], pred[:, j]).items():
+            if key != "n":
+                record[f"val_{name}_{key}"] = value
+    return record
+
+
+def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=None,
+                resume=True, stop_after=None, metadata=None, **settings):
     """Train or fine-tune the metallicity network.
 
     Parameters
@@ -271,118 +592,60 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
         Training cutouts and labels (or an HDF5 store from `build_dataset`).
     val : `~astro_metallicity.train.LabelledCutouts` or path, optional
         Validation set for per-epoch metrics, early stopping and best-epoch selection.
-    outputs : sequence of str
-        Quantities to predict (``'metallicity'``, ``'log_mstar'``). Ignored with
-        ``init_from`` (the pretrained model's outputs are kept).
-    arch : str
-        Network architecture (`astro_metallicity.model.build_network`); ignored with
-        ``init_from``.
-    input_size : int
-        Network input side in pixels; ignored with ``init_from``.
-    epochs : int
-        Number of epochs (the one-cycle schedule spans them all).
-    batch_size : int
-        Images per optimisation step.
-    max_lr : float
-        Peak learning rate of the one-cycle schedule.
-    weight_decay : float
-        AdamW weight decay.
-    pct_start : float
-        Fraction of steps with rising learning rate.
-    loss : {'mse+nll', 'nll'}
-        Loss function (see the module docstring).
-    zoom : float
-        Maximum random zoom of the augmentation (1 disables it).
-    patience : int
-        Stop after this many epochs without a better validation RMSE.
-    seed : int
-        Seed for initialisation, shuffling and augmentation.
-    device : str, optional
-        Torch device; default ``conf.device`` (``'auto'``: CUDA if available).
+    config : `TrainingConfig`, optional
+        Settings of the run; default ``TrainingConfig()``.
+    init_from : str, path-like or `~astro_metallicity.model.MetallicityModel`, optional
+        Start from this trained model (fine-tuning); its network and metadata
+        (architecture, input size, outputs, normalisation, label statistics) are
+        kept.
     checkpoint_dir : str or path-like, optional
         Folder for the per-epoch checkpoint and the best model (``best.pt`` +
         ``best.json``). Needed to resume.
     resume : bool
         Continue from the checkpoint in ``checkpoint_dir`` if there is one.
-    init_from : str, path-like or `~astro_metallicity.model.MetallicityModel`, optional
-        Start from this trained model (fine-tuning); its metadata (input size,
-        normalisation, label statistics) is kept.
     stop_after : int, optional
         Return after this many epochs in this call, as if interrupted (resume later).
-    num_workers : int
-        DataLoader worker processes.
     metadata : dict, optional
         Extra metadata entries (e.g. ``provenance``) merged into the model metadata.
-    backbone_lr_factor : float
-        Learning rate of every layer but the output head, as a fraction of
-        ``max_lr`` (fine-tuning: below 1 keeps pretrained features, the head adapts).
-    freeze_batchnorm : bool
-        Keep the batch-normalisation statistics of the starting network fixed
-        (fine-tuning on few images).
-    anchor_strength : float
-        With ``init_from``: decoupled L2-SP, a pull of the backbone weights towards
-        the pretrained ones, ``w -= lr * anchor_strength * (w - w_pretrained)`` after
-        each step (0 disables it). It limits how far fine-tuning drifts from what
-        pretraining learned.
+    **settings
+        Fields of `TrainingConfig` (e.g. ``epochs=30``), applied on top of
+        ``config``.
 
     Returns
     -------
     result : `TrainingResult`
+
+    Raises
+    ------
+    ValueError
+        If a setting is out of range, the training set is empty or lacks labels,
+        ``init_from`` is given with an ``arch``, ``input_size`` or ``outputs``
+        other than its own, ``anchor_strength`` is set without ``init_from``, or
+        the checkpoint in ``checkpoint_dir`` belongs to a run with other settings.
+    TypeError
+        If ``train`` or ``val`` is neither a `LabelledCutouts` nor a path, or a
+        setting is not a field of `TrainingConfig`.
     """
     import torch
 
+    if isinstance(val, TrainingConfig):
+        msg = "val is a TrainingConfig; pass it third or by name: train_model(train, val, config)"
+        raise TypeError(msg)
+    config = _resolve_config(config, settings)
     train = _as_cutouts(train, "train")
     val = _as_cutouts(val, "val")
     if train is None or len(train) == 0:
         msg = "train must contain at least one cutout"
         raise ValueError(msg)
-    if loss not in ("mse+nll", "nll"):
-        msg = f"loss must be 'mse+nll' or 'nll', got {loss!r}"
-        raise ValueError(msg)
-    epochs, batch_size, patience = int(epochs), int(batch_size), int(patience)
-    if epochs < 1 or batch_size < 1:
-        msg = f"epochs and batch_size must be positive, got {epochs} and {batch_size}"
-        raise ValueError(msg)
-    backbone_lr_factor, anchor_strength = float(backbone_lr_factor), float(anchor_strength)
-    if not 0 < backbone_lr_factor <= 1 or anchor_strength < 0:
-        msg = (f"backbone_lr_factor must be in (0, 1] and anchor_strength >= 0, got "
-               f"{backbone_lr_factor} and {anchor_strength}")
-        raise ValueError(msg)
-    if anchor_strength and init_from is None:
+    if config.anchor_strength and init_from is None:
         msg = "anchor_strength needs init_from (the weights to anchor to)"
         raise ValueError(msg)
-    device = _resolve_device(device)
-    torch.manual_seed(seed)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
 
-    # ---- network and metadata
-    if init_from is not None:
-        base = init_from if isinstance(init_from, MetallicityModel) else load_model(
-            init_from, device="cpu")
-        network = copy.deepcopy(base.network).cpu()
-        meta = copy.deepcopy(base.metadata)
-        meta.setdefault("training", [])
-    else:
-        outputs = list(outputs)
-        y = train.targets(outputs)
-        if not np.all(np.isfinite(y).any(axis=0)):
-            msg = f"train has no labels for some of outputs={outputs}"
-            raise ValueError(msg)
-        meta = default_metadata(
-            arch=arch, outputs=outputs, input_size=input_size,
-            cutout_size=train.images.shape[1],
-            label_mean={k: float(np.nanmean(y[:, j])) for j, k in enumerate(outputs)},
-            label_std={k: float(max(np.nanstd(y[:, j]), 1e-3)) for j, k in enumerate(outputs)},
-            normalization=_image_normalization(train.images, seed=seed))
-        meta["training"] = []
-        network = build_network(arch, n_outputs=len(outputs))
-    if metadata:
-        for key, value in metadata.items():
-            if isinstance(value, dict) and isinstance(meta.get(key), dict):
-                meta[key].update(copy.deepcopy(value))
-            else:
-                meta[key] = copy.deepcopy(value)
+    network, meta = _starting_network(train, config, init_from)
+    _merge_metadata(meta, metadata)
     outputs = list(meta["outputs"])
-    n_out = len(outputs)
     label_mean = np.array([meta["label_mean"][k] for k in outputs])
     label_std = np.array([meta["label_std"][k] for k in outputs])
     y_train = (train.targets(outputs) - label_mean) / label_std
@@ -390,146 +653,42 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
     network = network.to(device)
     if device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
-    transform = training_transform(meta["input_size"], zoom=zoom)
-    dataset = _ArrayDataset(train.images, y_train, transform)
-    steps_per_epoch = -(-len(dataset) // batch_size)
-    head_names = _head_parameter_names(network)
-    head = [p for n, p in network.named_parameters() if n in head_names]
-    backbone = [p for n, p in network.named_parameters() if n not in head_names]
-    # one parameter group unless the backbone trains more slowly (checkpoints of
-    # either layout resume with the same settings)
-    groups = ([{"params": backbone, "lr": max_lr * backbone_lr_factor},
-               {"params": head, "lr": max_lr}] if backbone_lr_factor != 1.0
-              else [{"params": backbone + head, "lr": max_lr}])
-    optimizer = torch.optim.AdamW(groups, lr=max_lr, weight_decay=weight_decay)
-    anchors = [p.detach().clone() for p in backbone] if anchor_strength else []
-    # OneCycleLR needs >= 2 steps in each phase; tiny runs get a slightly longer schedule.
-    total_steps = max(epochs * steps_per_epoch, 4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps,
-        pct_start=min(max(pct_start, 2.0 / total_steps), 1 - 2.0 / total_steps))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    stage = {"n_train": len(train), "n_val": 0 if val is None else len(val), "epochs": epochs,
-             "batch_size": batch_size, "optimizer": "AdamW", "max_lr": max_lr,
-             "weight_decay": weight_decay, "schedule": f"OneCycleLR(pct_start={pct_start})",
-             "loss": loss, "augmentation": f"dihedral (flip + rot90), zoom <= {zoom}",
-             "seed": seed, "patience": patience, "init_from": None if init_from is None
-             else str(getattr(init_from, "path", init_from)), "device": device.type}
-    if init_from is not None:
-        stage.update({"backbone_lr_factor": backbone_lr_factor,
-                      "freeze_batchnorm": bool(freeze_batchnorm),
-                      "anchor_strength": anchor_strength})
-
-    history, best_epoch, best_score, bad_epochs, start_epoch = [], -1, np.inf, 0, 0
-    best_state = copy.deepcopy(network.state_dict())
-    stopped_early = False
+    dataset = _ArrayDataset(train.images, y_train,
+                            _training_transform(meta["input_size"], zoom=config.zoom))
+    optimisation = _optimisation(network, config, -(-len(dataset) // config.batch_size), device)
+    stage = _stage_record(train, val, config, init_from, device)
+    run = _RunState(meta=meta, best_state=copy.deepcopy(network.state_dict()))
     ckpt_path = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = checkpoint_dir / _CHECKPOINT
         if resume and ckpt_path.is_file():
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            old_stage = json.loads(ckpt["stage"])
-            keys = ("n_train", "epochs", "batch_size", "max_lr", "seed", "loss",
-                    "backbone_lr_factor", "freeze_batchnorm", "anchor_strength")
-            # stages written before the fine-tuning options existed used their defaults
-            defaults = {"backbone_lr_factor": 1.0, "freeze_batchnorm": False,
-                        "anchor_strength": 0.0}
-            if any(old_stage.get(k, defaults.get(k)) != stage.get(k, defaults.get(k))
-                   for k in keys):
-                msg = (f"checkpoint {ckpt_path} belongs to another run "
-                       f"({ {k: old_stage.get(k, defaults.get(k)) for k in keys} }); use another checkpoint_dir "
-                       "or resume=False")
-                raise ValueError(msg)
-            network.load_state_dict(ckpt["network"])
-            optimizer.load_state_dict(_regroup(ckpt["optimizer"], len(optimizer.param_groups)))
-            scheduler.load_state_dict(ckpt["scheduler"])
-            for key in ("base_lrs", "_last_lr"):  # lists of one entry per group
-                values = getattr(scheduler, key, None)
-                if isinstance(values, list) and len(values) != len(optimizer.param_groups):
-                    setattr(scheduler, key, [values[-1]] * len(optimizer.param_groups))
-            scaler.load_state_dict(ckpt["scaler"])
-            best_state = ckpt["best_state"]
-            history = json.loads(ckpt["history"])
-            best_epoch, best_score = int(ckpt["best_epoch"]), float(ckpt["best_score"])
-            bad_epochs, stopped_early = int(ckpt["bad_epochs"]), bool(ckpt["stopped_early"])
-            meta = json.loads(ckpt["metadata"])
-            start_epoch = int(ckpt["epoch"]) + 1
-            log.info(f"Resuming training from {ckpt_path} at epoch {start_epoch}")
-
-    def save_checkpoint(epoch):
-        if ckpt_path is None:
-            return
-        state = {
-            "epoch": epoch, "network": network.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "best_state": best_state, "history": json.dumps(history),
-            "best_epoch": best_epoch, "best_score": best_score, "bad_epochs": bad_epochs,
-            "stopped_early": stopped_early, "metadata": json.dumps(meta),
-            "stage": json.dumps(stage),
-        }
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(ckpt_path)
+            _resume(ckpt_path, stage, run, network, *optimisation[:3])
 
     epochs_this_call = 0
     completed = True
-    for epoch in range(start_epoch, epochs):
-        if stopped_early:
+    for epoch in range(run.start_epoch, config.epochs):
+        if run.stopped_early:
             break
         if stop_after is not None and epochs_this_call >= stop_after:
             completed = False
             break
         t0 = time.perf_counter()
-        torch.manual_seed(seed * 100_003 + epoch)  # augmentation draws: resumable per epoch
-        generator = torch.Generator().manual_seed(seed * 100_019 + epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation draws: resumable per epoch
+        generator = torch.Generator().manual_seed(config.seed * 100_019 + epoch)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=True, generator=generator,
-            num_workers=num_workers, drop_last=False,
+            dataset, batch_size=config.batch_size, shuffle=True, generator=generator,
+            num_workers=config.num_workers, drop_last=False,
             pin_memory=device.type == "cuda", persistent_workers=False)
-        network.train()
-        if freeze_batchnorm:
-            for module in network.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        total, count = 0.0, 0
-        for images, targets in loader:
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            x = _images_to_input(images, meta)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.float16,
-                                enabled=device.type == "cuda"):
-                out = network(x)
-            batch_loss = _loss_fn(out.float(), targets, n_out, loss)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(batch_loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
-            scaler.step(optimizer)
-            scaler.update()
-            if anchors:
-                lr_backbone = optimizer.param_groups[0]["lr"]
-                with torch.no_grad():
-                    for p, p0 in zip(backbone, anchors, strict=True):
-                        p.sub_(p - p0, alpha=lr_backbone * anchor_strength)
-            scheduler.step()
-            total += float(batch_loss.detach()) * len(images)
-            count += len(images)
+        total, count = _train_epoch(network, loader, run.meta, config, device, optimisation)
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch, "train_loss": total / max(count, 1),
-                  "lr": float(scheduler.get_last_lr()[0]), "seconds": round(seconds, 2),
+                  "lr": float(optimisation[1].get_last_lr()[0]), "seconds": round(seconds, 2),
                   "images_per_s": round(count / max(seconds, 1e-9), 1)}
-        message = f"epoch {epoch + 1}/{epochs} loss {record['train_loss']:.4f}"
+        message = f"epoch {epoch + 1}/{config.epochs} loss {record['train_loss']:.4f}"
         if val is not None and len(val):
-            pred = _to_physical(_predict_plain(network, val.images, meta, device), meta)
-            truth = val.targets(outputs)
-            for j, name in enumerate(outputs):
-                for key, value in residual_metrics(truth[:, j], pred[:, j]).items():
-                    if key != "n":
-                        record[f"val_{name}_{key}"] = value
+            record.update(_validation_metrics(network, val, run.meta, device))
             score = record["val_metallicity_rmse"]
             message += (f" val RMSE {score:.4f} NMAD {record['val_metallicity_nmad']:.4f} "
                         f"bias {record['val_metallicity_bias']:+.4f}")
@@ -537,29 +696,31 @@ def train_model(train, val=None, *, outputs=("metallicity", "log_mstar"), arch="
             score = -epoch  # no validation: keep the last epoch
         message += f" ({seconds:.1f} s, {record['images_per_s']:.0f} img/s)"
         log.info(message)
-        history.append(record)
-        if score < best_score:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+        run.history.append(record)
+        if score < run.best_score:
+            run.best_score, run.best_epoch, run.bad_epochs = score, epoch, 0
+            run.best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
         else:
-            bad_epochs += 1
-            if val is not None and bad_epochs >= patience:
-                stopped_early = True
+            run.bad_epochs += 1
+            if val is not None and run.bad_epochs >= config.patience:
+                run.stopped_early = True
                 log.info(f"Early stopping after epoch {epoch + 1}: no better validation "
-                         f"RMSE for {patience} epochs (best epoch {best_epoch + 1})")
-        save_checkpoint(epoch)
+                         f"RMSE for {config.patience} epochs (best epoch {run.best_epoch + 1})")
+        if ckpt_path is not None:
+            _save_checkpoint(ckpt_path, epoch, stage, run, network, *optimisation[:3])
         epochs_this_call += 1  # noqa: SIM113 - counts epochs run in this call only
 
-    network.load_state_dict(best_state)
+    network.load_state_dict(run.best_state)
     network = network.float().eval()
+    meta = run.meta
     if completed:
-        stage.update({"epochs_run": len(history), "best_epoch": best_epoch,
-                      "stopped_early": stopped_early, "history": history})
+        stage.update({"epochs_run": len(run.history), "best_epoch": run.best_epoch,
+                      "stopped_early": run.stopped_early, "history": run.history})
         if not meta.get("training") or meta["training"][-1] != stage:
             meta.setdefault("training", []).append(stage)
     model = MetallicityModel(network, meta, device=device)
     if checkpoint_dir is not None and completed:
         save_model(network, meta, checkpoint_dir / _BEST, half=False)
-    return TrainingResult(model=model, history=history, best_epoch=best_epoch,
-                          stopped_early=stopped_early, completed=completed,
+    return TrainingResult(model=model, history=run.history, best_epoch=run.best_epoch,
+                          stopped_early=run.stopped_early, completed=completed,
                           checkpoint_dir=checkpoint_dir)

@@ -11,8 +11,8 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
-from astro_metallicity import acquire, conf
-from astro_metallicity.preprocess import make_cutouts
+from astro_metallicity import conf
+from astro_metallicity.acquire import _sdss, fetch_cutouts
 
 pytestmark = pytest.mark.remote_data
 
@@ -29,8 +29,8 @@ def _real_sdss():
 
 
 def test_field_lookup_finds_the_known_field():
-    fields = acquire.query_fields(TARGET.ra.deg - 0.01, TARGET.ra.deg + 0.01,
-                                  TARGET.dec.deg - 0.01, TARGET.dec.deg + 0.01)
+    fields = _sdss.query_fields(TARGET.ra.deg - 0.01, TARGET.ra.deg + 0.01,
+                                TARGET.dec.deg - 0.01, TARGET.dec.deg + 0.01)
     ids = {(int(r["run"]), int(r["camcol"]), int(r["field"])) for r in fields}
     assert (3918, 3, 213) in ids
 
@@ -38,28 +38,28 @@ def test_field_lookup_finds_the_known_field():
 def test_downloaded_frame_matches_the_shared_copy(shared_data):
     from astropy.io import fits
 
-    data, header = acquire.load_frame(3918, 3, 213, "r")
+    data, header = _sdss.load_frame(3918, 3, 213, "r")
     assert header["FILTER"].strip() == "r"
     local = fits.getdata(shared_data / "sdss-frames" / "frame-r-003918-3-0213.fits.bz2")
     np.testing.assert_array_equal(data, local)
 
 
 def test_petrosian_radius_lookup():
-    r90, flags = acquire.lookup_petro_r90(SkyCoord([TARGET.ra], [TARGET.dec]))
+    r90, flags = _sdss.lookup_petro_r90(SkyCoord([TARGET.ra], [TARGET.dec]))
     assert list(flags) == [""]
     assert 1 * u.arcsec < r90[0] < 60 * u.arcsec
 
 
 def test_both_routes_give_similar_cutouts():
     coords = SkyCoord([TARGET.ra, TARGET.ra + 1 * u.deg], [TARGET.dec, -80 * u.deg])
-    frames = make_cutouts(coords[:1], source="frames", size=128)
-    jpeg = make_cutouts(coords[:1], source="jpeg", size=128)
+    frames = fetch_cutouts(coords[:1], source="frames", size=128)
+    jpeg = fetch_cutouts(coords[:1], source="jpeg", size=128)
     assert list(frames.flags) == list(jpeg.flags) == [""]
     np.testing.assert_allclose(frames.scales, jpeg.scales)
     assert frames.images[0, 56:72, 56:72].mean() > frames.images[0, :16, :16].mean() + 20
     diff = np.abs(frames.images.astype(float) - jpeg.images.astype(float)).mean()
     assert diff < 20.0
-    outside = make_cutouts(coords[1:], source="frames", size=64, scale=0.4 * u.arcsec / u.pix)
+    outside = fetch_cutouts(coords[1:], source="frames", size=64, scale=0.4 * u.arcsec / u.pix)
     assert outside.flags[0] == "outside_footprint"
 
 

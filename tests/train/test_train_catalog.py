@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from astropy import units as u
 
-from astro_metallicity.train import TRAINING_CATALOG_SQL, query_training_catalog
-from astro_metallicity.train.catalog import training_catalog_sql
+from astro_metallicity.train import query_training_catalog, training_catalog_sql
+from astro_metallicity.train.catalog import _TRAINING_CATALOG_SQL
 
 
 def test_sql_text():
     assert "TOP" not in training_catalog_sql()
     assert training_catalog_sql(5).startswith("SELECT TOP 5")
-    assert "GSE.oh_p50 != -9999" in TRAINING_CATALOG_SQL
+    assert "GSE.oh_p50 != -9999" in _TRAINING_CATALOG_SQL
     with pytest.raises(ValueError, match="top must be a positive integer"):
         training_catalog_sql(0)
 

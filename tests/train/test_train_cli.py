@@ -1,6 +1,8 @@
-"""astro-metallicity train / evaluate on the command line."""
+"""astro-metallicity train / evaluate on the command line, and the bundled-model recipe."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,12 +10,26 @@ import pytest
 pytest.importorskip("torch")
 
 from astro_metallicity.train import cli as train_cli
-from astro_metallicity.train import read_dataset, write_dataset
+from astro_metallicity.train import read_dataset
+from astro_metallicity.train.dataset import _write_dataset
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "bundled.py"
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    """The bundled-model recipe, a script of the source tree (not installed): import it by path."""
+    if not RECIPE.is_file():
+        pytest.skip(f"{RECIPE} is not there (not a source checkout)")
+    spec = importlib.util.spec_from_file_location("bundled_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_train_and_evaluate_commands(labelled_set, tmp_path):
     main = train_cli.main
-    store = write_dataset(labelled_set, tmp_path / "set.h5")
+    store = _write_dataset(labelled_set, tmp_path / "set.h5")
     out = tmp_path / "model"
     code = main(["train", "--data", str(store), "--output", str(out), "--arch", "tiny",
                  "--input-size", "16", "--epochs", "2", "--batch-size", "16",
@@ -39,17 +55,19 @@ def test_train_and_evaluate_commands(labelled_set, tmp_path):
 def test_cli_usage_errors(tmp_path):
     with pytest.raises(SystemExit, match="--output PATH is required"):
         train_cli.train(["--data", "x.h5"])
-    with pytest.raises(SystemExit, match="the only recipe is 'bundled'"):
-        train_cli.train(["--recipe", "other"])
+    for argv in (["--recipe", "bundled"], ["--recipe=bundled", "--device", "cpu"]):
+        with pytest.raises(SystemExit, match=r"run `python recipes/bundled.py --output DIR`"):
+            train_cli.train(argv)
+    with pytest.raises(SystemExit, match="astro-metallicity train: arch must be one of"):
+        train_cli.train(["--data", "x.h5", "--output", str(tmp_path / "m"), "--arch", "vgg"])
     with pytest.raises(SystemExit, match="usage"):
         train_cli.main(["fly"])
     with pytest.raises(SystemExit, match="give --data"):
-        train_cli._load_data(train_cli.evaluate_parser().parse_args([]))
+        train_cli._load_data(train_cli._evaluate_parser().parse_args([]))
 
 
-def test_bundled_real_split_is_fixed():
-    from astro_metallicity.train.bundled import real_split
-
+def test_bundled_real_split_is_fixed(recipe):
+    real_split = recipe.real_split
     ids = np.arange(1000, 1400)
     train, val = real_split(ids[::-1])
     assert len(train) == 320 and len(val) == 80
@@ -58,13 +76,14 @@ def test_bundled_real_split_is_fixed():
     np.testing.assert_array_equal(val, val2)
 
 
-def test_bundled_recipe_end_to_end_in_miniature(shared_data, tmp_path):
+def test_bundled_recipe_end_to_end_in_miniature(recipe, shared_data, tmp_path):
     """The whole recipe (simulate, build, pretrain, fine-tune, evaluate, write) at toy size."""
     from astro_metallicity.model import load_model
-    from astro_metallicity.train.bundled import main
 
-    work, out, report_path = tmp_path / "work", tmp_path / "out", tmp_path / "report.json"
-    args = ["--work-dir", str(work), "--output-dir", str(out), "--report", str(report_path),
+    main = recipe.main
+    out = tmp_path / "out"
+    work, report_path = out / "work", out / "bundled_report.json"  # the defaults under --output
+    args = ["--output", str(out),
             "--real-data", str(shared_data / "sdss-gri-jpeg-400"), "--n-sim", "400",
             "--min-sim", "300", "--n-fresh", "60", "--arch", "tiny", "--input-size", "16",
             "--pretrain-epochs", "1", "--finetune-epochs", "1", "--real-only-epochs", "1",
@@ -90,11 +109,16 @@ def test_bundled_recipe_end_to_end_in_miniature(shared_data, tmp_path):
     assert len(list(pretrain_dir.glob("finetune_*/best.pt"))) == 1
 
 
-def test_interpolate_weights_by_hand():
+def test_recipe_needs_an_output(recipe, capsys):
+    with pytest.raises(SystemExit):
+        recipe.main(["--device", "cpu"])
+    assert "the following arguments are required: --output" in capsys.readouterr().err
+
+
+def test_interpolate_weights_by_hand(recipe):
     import torch
 
-    from astro_metallicity.train.bundled import interpolate_weights
-
+    interpolate_weights = recipe.interpolate_weights
     start = {"w": torch.tensor([0.0, 2.0]), "n": torch.tensor(1)}
     end = {"w": torch.tensor([4.0, 6.0]), "n": torch.tensor(7)}
     mixed = interpolate_weights(start, end, 0.25)

@@ -6,13 +6,16 @@ from astropy import units as u
 from astropy.table import Table
 
 from astro_metallicity.train import (
-    HDF5CutoutDataset,
     LabelledCutouts,
     build_dataset,
     dataset_from_images,
     read_dataset,
-    split_indices,
-    write_dataset,
+)
+from astro_metallicity.train.dataset import (
+    _concat_cutouts,
+    _HDF5CutoutDataset,
+    _split_indices,
+    _write_dataset,
 )
 
 
@@ -93,15 +96,23 @@ def test_labelled_cutouts_targets_and_split(tmp_path):
     y = cut.targets(["metallicity", "log_mstar"])
     assert y.shape == (6, 2) and np.isnan(y[2, 1]) and np.isfinite(y[:, 0]).all()
     assert np.isnan(LabelledCutouts(cut.images, catalog[["oh_p50"]]).targets(["log_mstar"])).all()
-    parts = split_indices(100, (0.8, 0.1, 0.1), seed=3)
+    parts = _split_indices(100, (0.8, 0.1, 0.1), seed=3)
     assert [len(p) for p in parts] == [80, 10, 10]
     assert sorted(np.concatenate(parts).tolist()) == list(range(100))
-    np.testing.assert_array_equal(parts[2], split_indices(100, (0.8, 0.1, 0.1), seed=3)[2])
+    np.testing.assert_array_equal(parts[2], _split_indices(100, (0.8, 0.1, 0.1), seed=3)[2])
     with pytest.raises(ValueError, match="sum to 1"):
-        split_indices(10, (0.5, 0.2))
+        _split_indices(10, (0.5, 0.2))
+    # the method: the same permutation, applied to the rows
+    big = LabelledCutouts(np.zeros((100, 2, 2, 3), np.uint8), _catalog(100))
+    train, val, test = big.split((0.8, 0.1, 0.1), seed=3)
+    np.testing.assert_array_equal(test.catalog["objID"], parts[2])
+    assert (len(train), len(val)) == (80, 10)
+    with pytest.raises(ValueError, match=r"fractions must be non-negative and sum to 1, got "
+                                         r"\[0.5, 0.2\]"):
+        big.split((0.5, 0.2))
     with pytest.raises(ValueError, match="catalog has 5 rows"):
         LabelledCutouts(cut.images, catalog[:5])
-    path = write_dataset(cut, tmp_path / "w.h5")
+    path = _write_dataset(cut, tmp_path / "w.h5")
     back = read_dataset(path)
     np.testing.assert_array_equal(back.targets(["metallicity"]), cut.targets(["metallicity"]))
 
@@ -122,7 +133,7 @@ def test_dataset_from_images_and_streaming(tmp_path):
                               pattern="{id}.png")
     assert len(cut) == 3  # 14 has no image
     np.testing.assert_allclose(cut.targets(["metallicity"])[:, 0], [8.7, 8.9, 9.1])
-    stream = HDF5CutoutDataset(tmp_path / "s.h5", outputs=["metallicity", "log_mstar"])
+    stream = _HDF5CutoutDataset(tmp_path / "s.h5", outputs=["metallicity", "log_mstar"])
     image, target = stream[1]
     assert image.shape == (3, 16, 16) and image.dtype == torch.uint8
     np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), cut.images[1])
@@ -158,3 +169,21 @@ def test_build_dataset_through_mock_sdss(tmp_path):
     centre = cut.images[:, 56:72, 56:72].mean(axis=(1, 2, 3))
     corner = cut.images[:, :16, :16].mean(axis=(1, 2, 3))
     assert np.all(centre > corner + 10)
+
+
+def test_concat_cutouts_keeps_labels_and_parts():
+    a = LabelledCutouts(np.zeros((2, 4, 4, 3), np.uint8), _catalog(2))
+    b_catalog = _catalog(3)
+    b_catalog.remove_column("lgm_tot_p50")  # like the real JPEG set: metallicity only
+    b = LabelledCutouts(np.full((3, 4, 4, 3), 7, np.uint8), b_catalog)
+    both = _concat_cutouts([a, b, a])
+    assert len(both) == 7 and both.images[2:5].min() == 7
+    np.testing.assert_array_equal(both.catalog["part"], [0, 0, 1, 1, 1, 2, 2])
+    mass = both.targets(["log_mstar"])[:, 0]
+    assert np.isnan(mass[2:5]).all() and np.isfinite(mass[[0, 1, 5, 6]]).all()
+    np.testing.assert_allclose(both.targets(["metallicity"])[2:5, 0],
+                               b.targets(["metallicity"])[:, 0])
+    with pytest.raises(ValueError, match="one shape"):
+        _concat_cutouts([a, LabelledCutouts(np.zeros((1, 5, 5, 3), np.uint8), _catalog(1))])
+    with pytest.raises(ValueError, match="at least one"):
+        _concat_cutouts([])

@@ -1,4 +1,4 @@
-"""train_model: loss falls, checkpoint/resume, fine-tuning, augmentation."""
+"""train_model and TrainingConfig: loss falls, checkpoint/resume, fine-tuning, augmentation."""
 
 import json
 
@@ -7,13 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from astro_metallicity.model import dihedral_views, load_model
-from astro_metallicity.train import (
-    RandomRot90,
-    residual_metrics,
-    train_model,
-    training_transform,
-)
+from astro_metallicity._network import dihedral_views
+from astro_metallicity.model import load_model
+from astro_metallicity.train import TrainingConfig, train_model
+from astro_metallicity.train._metrics import residual_metrics
+from astro_metallicity.train.training import _RandomRot90, _training_transform
 
 KW = {"arch": "tiny", "input_size": 16, "batch_size": 32, "max_lr": 1e-2, "device": "cpu"}
 
@@ -93,7 +91,7 @@ def test_fine_tune_with_missing_labels(labelled_set, tmp_path):
     real.catalog.remove_column("lgm_tot_p50")  # like the real JPEG set: metallicity only
     assert np.all(np.isnan(real.targets(["log_mstar"])))
     tuned = train_model(real, epochs=2, seed=0, init_from=tmp_path / "pre" / "best.pt",
-                        arch="resnet18", input_size=99, batch_size=32, max_lr=1e-3,
+                        arch="tiny", batch_size=32, max_lr=1e-3,
                         device="cpu", metadata={"provenance": {"stage": "fine-tune"}})
     meta = tuned.model.metadata
     assert meta["arch"] == "tiny" and meta["input_size"] == 16  # kept from the pretrained model
@@ -109,18 +107,18 @@ def test_training_transform_is_dihedral_without_zoom():
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
     views = {tuple(v.flatten().tolist()) for v in dihedral_views(image[None])}
-    transform = training_transform(16, zoom=1.0)
+    transform = _training_transform(16, zoom=1.0)
     seen = set()
     for _ in range(60):
         out = transform(image)
         assert out.shape == (3, 16, 16) and out.dtype == torch.uint8
         seen.add(tuple(out[None].flatten().tolist()))
     assert seen <= views and len(seen) == 8
-    zoomed = training_transform(8, zoom=1.1)(image)
+    zoomed = _training_transform(8, zoom=1.1)(image)
     assert zoomed.shape == (3, 8, 8)
     with pytest.raises(ValueError, match="zoom must be >= 1"):
-        training_transform(8, zoom=0.5)
-    assert repr(RandomRot90()) == "RandomRot90()"
+        _training_transform(8, zoom=0.5)
+    assert repr(_RandomRot90()) == "_RandomRot90()"
 
 
 def test_train_model_argument_errors(labelled_set):
@@ -136,6 +134,67 @@ def test_train_model_argument_errors(labelled_set):
         train_model(labelled_set, backbone_lr_factor=0, **KW)
     with pytest.raises(ValueError, match="anchor_strength needs init_from"):
         train_model(labelled_set, anchor_strength=1.0, **KW)
+    with pytest.raises(TypeError, match=r"unknown settings \['epoch'\]; the settings are the "
+                                        "fields of TrainingConfig"):
+        train_model(labelled_set, epoch=3, **KW)
+    with pytest.raises(TypeError, match="config must be a TrainingConfig, got dict"):
+        train_model(labelled_set, config={"epochs": 3})
+    with pytest.raises(TypeError, match=r"val is a TrainingConfig; pass it third or by name"):
+        train_model(labelled_set, TrainingConfig())
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"loss": "l1"}, "loss must be 'mse\\+nll' or 'nll', got 'l1'"),
+    ({"batch_size": 0}, "epochs and batch_size must be positive, got 10 and 0"),
+    ({"patience": -1}, "patience and num_workers must be >= 0, got -1 and 0"),
+    ({"max_lr": 0}, "max_lr must be > 0 and weight_decay >= 0, got 0.0 and 0.05"),
+    ({"backbone_lr_factor": 1.5}, "backbone_lr_factor must be in \\(0, 1\\]"),
+    ({"zoom": 0.9}, "zoom must be >= 1, got 0.9"),
+    ({"arch": "vgg11"}, "arch must be one of \\('tiny', 'resnet18', 'resnet34'\\), got 'vgg11'"),
+    ({"input_size": 0}, "input_size must be a positive number of pixels, got 0"),
+    ({"outputs": ["log_mstar"]}, "outputs must include 'metallicity'"),
+    ({"outputs": ["metallicity", "redshift"]}, "outputs must include 'metallicity' and be among"),
+])
+def test_training_config_refuses_bad_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig(**settings)
+
+
+def test_training_config_normalises_types():
+    config = TrainingConfig(epochs=3.0, outputs="metallicity", input_size="32")
+    assert config.epochs == 3 and isinstance(config.epochs, int)
+    assert config.outputs == ("metallicity",) and config.input_size == 32
+    assert TrainingConfig().arch is None  # resolved per run: resnet18, or init_from's
+
+
+def test_config_object_and_keywords_train_the_same_weights(labelled_set):
+    train = labelled_set.subset(np.arange(64))
+    config = TrainingConfig(arch="tiny", input_size=16, batch_size=32, max_lr=1e-2,
+                            device="cpu", epochs=2, seed=4)
+    a = train_model(train, config=config).model.network.state_dict()
+    b = train_model(train, **KW, epochs=2, seed=4).model.network.state_dict()
+    # keywords override the fields of a given config
+    c = train_model(train, None, TrainingConfig(seed=99, epochs=7), **KW, epochs=2,
+                    seed=4).model.network.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+        torch.testing.assert_close(a[key], c[key], rtol=0, atol=0)
+
+
+def test_init_from_refuses_other_network_settings(labelled_set, tmp_path):
+    pre = train_model(labelled_set.subset(np.arange(32)), epochs=1, **KW).model
+    real = labelled_set.subset(np.arange(32, 64))
+    with pytest.raises(ValueError, match=r"settings ask for arch='resnet18', input_size=99 "
+                                         r"where the starting model has arch='tiny', "
+                                         r"input_size=16; leave \['arch', 'input_size'\] unset"):
+        train_model(real, init_from=pre, arch="resnet18", input_size=99, epochs=1, device="cpu")
+    with pytest.raises(ValueError, match=r"outputs=\('metallicity',\) where the starting model "
+                                         r"has outputs=\('metallicity', 'log_mstar'\)"):
+        train_model(real, init_from=pre, outputs=["metallicity"], epochs=1, device="cpu")
+    # the starting model's own values are no conflict
+    tuned = train_model(real, init_from=pre, arch="tiny", input_size=16,
+                        outputs=("metallicity", "log_mstar"), epochs=1, device="cpu")
+    assert tuned.model.metadata["input_size"] == 16
 
 
 def _backbone_distance(network, reference):

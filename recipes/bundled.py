@@ -1,16 +1,23 @@
 """The recipe that trains the model bundled with astro-metallicity.
 
-Run it with::
+A research script of the source repository, not part of the installed package.
+Run it from a checkout (with astro-metallicity installed) with::
 
-    python -m astro_metallicity.train.bundled            # or
-    astro-metallicity train --recipe bundled
+    python recipes/bundled.py --output DIR
+
+It writes the model (``DIR/metallicity_resnet18.pt`` + ``.json``) and its JSON
+report (``DIR/bundled_report.json``) into ``DIR``. To refresh the model shipped
+with the package and the model card's numbers::
+
+    python recipes/bundled.py --output astro_metallicity/data \
+        --report docs/model_card_data.json --work-dir runs/bundled
 
 Steps (every seed fixed, so the run is reproducible):
 
 1. Start the simulated SDSS (`astro_metallicity.mock.MockSDSS`, seed
    ``SIM_SEED``), query the training catalogue through it with the seed's SQL
    (`query_training_catalog`) and build the cutout store with the prediction
-   pipeline's own code: `build_dataset` -> `astro_metallicity.preprocess.make_cutouts`
+   pipeline's own code: `build_dataset` -> `astro_metallicity.acquire.fetch_cutouts`
    with ``source='jpeg'`` (the SkyServer ImgCutout route of Wu & Boada 2018) and
    the paper's adaptive scale, 128 x 128 px.
 2. Split the simulated set 80/10/10 (train/validation/test, ``SPLIT_SEED``); the
@@ -26,8 +33,8 @@ Steps (every seed fixed, so the run is reproducible):
    catalogue mass, gradient boosting on *gri* photometry and on image colours,
    the training mean); real validation set against predicting the training mean,
    the image-colour baseline, and a ResNet-18 trained on the 320 real JPEGs only.
-6. Write the weights (float16) and metadata to ``astro_metallicity/data/`` and the
-   metrics to a JSON report (figures go to the work folder, not the repository).
+6. Write the weights (float16) and metadata to ``--output`` and the metrics to a
+   JSON report (figures go to the work folder).
 
 On a GPU (``--device auto`` finds it) the same command runs much faster; on
 CPU set ``--threads``.
@@ -35,6 +42,7 @@ CPU set ``--threads``.
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -42,18 +50,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..logger import log
+from astro_metallicity import __version__, log
+from astro_metallicity.mock import MockSDSS
+from astro_metallicity.model import load_model, save_model
+from astro_metallicity.train import (
+    TrainingConfig,
+    build_dataset,
+    calibrate_error_scale,
+    dataset_from_images,
+    evaluate,
+    query_training_catalog,
+    read_dataset,
+    train_model,
+    write_report,
+)
 
-__all__ = [
-    "FRESH_SKY_SEED",
-    "REAL_SPLIT_SEED",
-    "SIM_SEED",
-    "SPLIT_SEED",
-    "main",
-    "real_split",
-    "run_bundled_recipe",
-]
+# The recipe reuses fitted baselines across test sets and reports metrics of plain
+# predictions: helpers the package keeps private.
+from astro_metallicity.train._baselines import fit_baselines
+from astro_metallicity.train._metrics import coverage, regression_report
+from astro_metallicity.train.dataset import _catalog_fingerprint, _concat_cutouts
 
 #: Seed of the simulated sky used for training.
 SIM_SEED = 101
@@ -64,13 +80,11 @@ REAL_SPLIT_SEED = 400
 #: Seed of the fresh simulated sky used for the final check (never used in training).
 FRESH_SKY_SEED = 2027
 
-_REPO = Path(__file__).resolve().parents[2]
-_PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
+_REPO = Path(__file__).resolve().parents[1]
+_MODEL_NAME = "metallicity_resnet18"
 
 
 def _default_shared():
-    import os
-
     if "ASTRO_METALLICITY_SHARED_DATA" in os.environ:
         return Path(os.environ["ASTRO_METALLICITY_SHARED_DATA"])
     return _REPO.parent / "shared" / "data"
@@ -109,12 +123,10 @@ def finetune_set(real_train, sim_train, *, real_repeat, n_replay, seed):
     finetune, replay : `~astro_metallicity.train.LabelledCutouts`
         The whole set, and its simulated part.
     """
-    from .dataset import concat_cutouts
-
     pick = np.random.default_rng(seed).choice(len(sim_train), min(n_replay, len(sim_train)),
                                               replace=False)
     replay = sim_train.subset(np.sort(pick))
-    return concat_cutouts([real_train] * real_repeat + [replay]), replay
+    return _concat_cutouts([real_train] * real_repeat + [replay]), replay
 
 
 def interpolate_weights(start, end, fraction):
@@ -147,10 +159,6 @@ def _sim_dataset(args, work):
     """Steps 1: the simulated catalogue and cutout store through the mock SDSS."""
     from astropy.table import Table
 
-    from ..mock import MockSDSS
-    from .catalog import query_training_catalog
-    from .dataset import build_dataset, catalog_fingerprint
-
     with MockSDSS(n_galaxies=args.n_sim, seed=args.sim_seed) as server:
         catalog = query_training_catalog()
         catalog = Table(catalog)
@@ -158,7 +166,7 @@ def _sim_dataset(args, work):
         # the file name carries the catalogue's fingerprint: a changed simulation
         # gets a new store (and new checkpoints), never stale cutouts
         store = work / (f"sim_seed{args.sim_seed}_n{args.n_sim}_"
-                        f"{catalog_fingerprint(catalog)[:8]}.h5")
+                        f"{_catalog_fingerprint(catalog)[:8]}.h5")
         log.info(f"Simulated training catalogue: {len(catalog)} galaxies after the seed's cuts "
                  f"(server {server.url})")
         t0 = time.perf_counter()
@@ -172,16 +180,11 @@ def _fresh_sky_check(model, args, work, figures):
     """Final check on a fresh simulated sky with a seed never used in training."""
     from astropy.table import Table
 
-    from ..mock import MockSDSS
-    from .catalog import query_training_catalog
-    from .dataset import build_dataset, catalog_fingerprint, read_dataset
-    from .evaluation import evaluate
-
     with MockSDSS(n_galaxies=args.n_fresh, seed=FRESH_SKY_SEED):
         catalog = Table(query_training_catalog())
         catalog.sort("objID")
         store = work / (f"fresh_seed{FRESH_SKY_SEED}_n{args.n_fresh}_"
-                        f"{catalog_fingerprint(catalog)[:8]}.h5")
+                        f"{_catalog_fingerprint(catalog)[:8]}.h5")
         build_dataset(catalog, store, source="jpeg", scale="adaptive", size=128,
                       chunk_size=args.chunk_size, progress=False)
     fresh = read_dataset(store)
@@ -192,25 +195,15 @@ def run_bundled_recipe(args):
     """Run the recipe with parsed arguments (see ``main --help``). Returns the report dict."""
     import torch
 
-    from ..model import save_model
-    from .dataset import dataset_from_images, read_dataset, split_indices
-    from .evaluation import (
-        calibrate_error_scale,
-        coverage,
-        evaluate,
-        fit_baselines,
-        regression_report,
-        write_report,
-    )
-    from .training import train_model
-
     started = time.perf_counter()
-    work = Path(args.work_dir)
+    out_dir = Path(args.output)
+    work = Path(args.work_dir) if args.work_dir else out_dir / "work"
+    report_path = Path(args.report) if args.report else out_dir / "bundled_report.json"
     figures = work / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python -m astro_metallicity.train.bundled " + " ".join(args.argv)
+    command = "python recipes/bundled.py " + " ".join(args.argv)
     report = {"command": command.strip(), "astro_metallicity_version": __version__,
               "torch_version": torch.__version__, "python": platform.python_version(),
               "seeds": {"sim_sky": args.sim_seed, "sim_split": SPLIT_SEED,
@@ -226,13 +219,12 @@ def run_bundled_recipe(args):
         msg = (f"the simulated catalogue has {n_catalog} galaxies after the cuts, fewer than "
                f"--min-sim {args.min_sim}; raise --n-sim")
         raise RuntimeError(msg)
-    parts = split_indices(len(sim), (0.8, 0.1, 0.1), seed=SPLIT_SEED)
-    sim_train, sim_val, sim_test = (sim.subset(p) for p in parts)
+    sim_train, sim_val, sim_test = sim.split((0.8, 0.1, 0.1), seed=SPLIT_SEED)
     report["sim_data"] = {
         "sky": f"astro_metallicity.mock.MockSDSS(n_galaxies={args.n_sim}, seed={args.sim_seed})",
         "n_catalog": n_catalog, "n_good_cutouts": len(sim),
         "n_train": len(sim_train), "n_val": len(sim_val), "n_test": len(sim_test),
-        "route": "query_training_catalog -> build_dataset -> preprocess.make_cutouts("
+        "route": "query_training_catalog -> build_dataset -> acquire.fetch_cutouts("
                  "source='jpeg', scale='adaptive', size=128) via the mock ImgCutout service",
     }
     log.info(f"Simulated cutouts: {len(sim)} good of {n_catalog}; split "
@@ -242,12 +234,13 @@ def run_bundled_recipe(args):
     t0 = time.perf_counter()
     pretrain_dir = run_dir / (f"pretrain_{args.arch}_{args.input_size}px_e{args.pretrain_epochs}"
                               f"_lr{args.pretrain_lr:g}_b{args.batch_size}_s{args.seed}")
+    pretraining = TrainingConfig(
+        outputs=("metallicity", "log_mstar"), arch=args.arch, input_size=args.input_size,
+        epochs=args.pretrain_epochs, batch_size=args.batch_size, max_lr=args.pretrain_lr,
+        weight_decay=0.05, patience=args.patience, seed=args.seed, device=args.device,
+        num_workers=args.num_workers)
     pre = train_model(
-        sim_train, sim_val, outputs=("metallicity", "log_mstar"), arch=args.arch,
-        input_size=args.input_size, epochs=args.pretrain_epochs, batch_size=args.batch_size,
-        max_lr=args.pretrain_lr, weight_decay=0.05, patience=args.patience, seed=args.seed,
-        device=args.device, num_workers=args.num_workers,
-        checkpoint_dir=pretrain_dir,
+        sim_train, sim_val, pretraining, checkpoint_dir=pretrain_dir,
         metadata={"provenance": {"stage": "pretrained on the simulated survey"}})
     timings["pretrain"] = time.perf_counter() - t0
     pretrained = pre.model
@@ -273,7 +266,7 @@ def run_bundled_recipe(args):
         "source": "400 SDSS DR14 ImgCutout gri JPEGs (128 px, adaptive scale) with MPA-JHU "
                   "oh_p50, a random subset of Wu & Boada (2018)'s training set",
         "n_train": len(real_train), "n_val": len(real_val),
-        "split": f"astro_metallicity.train.bundled.real_split(objIDs, seed={REAL_SPLIT_SEED})",
+        "split": f"recipes/bundled.py real_split(objIDs, seed={REAL_SPLIT_SEED})",
         "val_objids": [int(i) for i in val_ids],
     }
     # Fine-tuning set: the real training JPEGs (repeated to weight them up) plus a
@@ -285,13 +278,14 @@ def run_bundled_recipe(args):
         f"{args.real_repeat} x {len(real_train)} real + {len(replay)} simulated (replay) "
         "cutouts per epoch")
     t0 = time.perf_counter()
-    fine = train_model(
-        ft_train, real_val, init_from=pretrained, epochs=args.finetune_epochs,
-        batch_size=32, max_lr=args.finetune_lr, weight_decay=0.05,
+    finetuning = TrainingConfig(
+        epochs=args.finetune_epochs, batch_size=32, max_lr=args.finetune_lr, weight_decay=0.05,
         patience=args.finetune_patience, seed=args.seed, device=args.device,
         backbone_lr_factor=args.finetune_backbone_lr_factor,
         freeze_batchnorm=args.finetune_freeze_batchnorm,
-        anchor_strength=args.finetune_anchor_strength,
+        anchor_strength=args.finetune_anchor_strength)
+    fine = train_model(
+        ft_train, real_val, finetuning, init_from=pretrained,
         # under the pretraining's folder: a new pretraining never reuses an old fine-tune
         checkpoint_dir=pretrain_dir / (
             f"finetune_x{args.real_repeat}_replay{len(replay)}_lr{args.finetune_lr:g}"
@@ -299,7 +293,6 @@ def run_bundled_recipe(args):
             f"_bb{args.finetune_backbone_lr_factor:g}"
             f"{'_frozenbn' if args.finetune_freeze_batchnorm else ''}"
             f"_anchor{args.finetune_anchor_strength:g}"),
-        num_workers=0,
         metadata={"provenance": {"stage": "pretrained on the simulated survey, fine-tuned on "
                                           "320 real SDSS ImgCutout JPEGs"}})
     timings["finetune"] = time.perf_counter() - t0
@@ -363,12 +356,13 @@ def run_bundled_recipe(args):
                                   label="sim_test")
     if args.real_only_epochs > 0:
         t0 = time.perf_counter()
+        real_only = TrainingConfig(
+            outputs=("metallicity",), arch=args.arch, input_size=args.input_size,
+            epochs=args.real_only_epochs, batch_size=32, max_lr=args.pretrain_lr,
+            weight_decay=0.05, patience=args.real_only_epochs, seed=args.seed,
+            device=args.device)
         scratch = train_model(
-            real_train, real_val, outputs=("metallicity",), arch=args.arch,
-            input_size=args.input_size, epochs=args.real_only_epochs, batch_size=32,
-            max_lr=args.pretrain_lr, weight_decay=0.05, patience=args.real_only_epochs,
-            seed=args.seed, device=args.device,
-            checkpoint_dir=work / f"real_only_{args.arch}_{args.input_size}px_e{args.real_only_epochs}")
+            real_train, real_val, real_only, checkpoint_dir=work / f"real_only_{args.arch}_{args.input_size}px_e{args.real_only_epochs}")
         timings["real_only"] = time.perf_counter() - t0
         report["real_val"]["real_only_cnn"] = regression_report(
             true_val, scratch.model.predict(real_val.images)["metallicity"])
@@ -395,13 +389,10 @@ def run_bundled_recipe(args):
     meta["metrics"] = {
         key: {k: report[key][k] for k in ("cnn", "baselines", "rmse_gain_over_baselines")}
         for key in ("sim_test", "real_val")}
-    out_dir = Path(args.output_dir)
     pt = save_model(model.network, meta, out_dir / args.model_name, half=True)
     report["model_file"] = _relative(pt)
     report["model_size_mb"] = round(pt.stat().st_size / 1e6, 2)
     if args.n_fresh > 0:
-        from ..model import load_model
-
         saved = load_model(pt, device=args.device)
         report["fresh_sim_sky"] = _fresh_sky_check(saved, args, work, figures)
     timings["total"] = time.perf_counter() - started
@@ -409,23 +400,23 @@ def run_bundled_recipe(args):
         if key in report:
             report[key]["figures"] = [_relative(f) for f in report[key].get("figures", [])]
     report["device"] = str(model.device)
-    write_report(report, args.report)
-    log.info(f"Bundled model written to {pt}; report {args.report}")
+    write_report(report, report_path)
+    log.info(f"Bundled model written to {pt}; report {report_path}")
     return report
 
 
 def _parser():
     p = argparse.ArgumentParser(
-        prog="python -m astro_metallicity.train.bundled",
+        prog="python recipes/bundled.py",
         description="Train the bundled metallicity model (simulated pretraining + real "
                     "fine-tuning) reproducibly.")
-    p.add_argument("--work-dir", default=str(_REPO / "runs" / "bundled"),
-                   help="folder for cutout stores, checkpoints and figures")
-    p.add_argument("--output-dir", default=str(_PACKAGE_DATA),
-                   help="where the model .pt/.json go (default: the package data folder)")
-    p.add_argument("--model-name", default="metallicity_resnet18")
-    p.add_argument("--report", default=str(_REPO / "docs" / "model_card_data.json"),
-                   help="JSON report with all metrics")
+    p.add_argument("--output", required=True,
+                   help="folder the model (<model-name>.pt/.json) and the report are written to")
+    p.add_argument("--model-name", default=_MODEL_NAME)
+    p.add_argument("--report", help="JSON report with all metrics "
+                                    "(default: OUTPUT/bundled_report.json)")
+    p.add_argument("--work-dir", help="folder for cutout stores, checkpoints and figures, "
+                                      "reused by later runs (default: OUTPUT/work)")
     p.add_argument("--real-data", default=str(_default_shared() / "sdss-gri-jpeg-400"),
                    help="folder with images/{objID}.jpg and labels.csv")
     p.add_argument("--n-sim", type=int, default=22000,
