@@ -35,7 +35,8 @@ def tremonti_mzr(logm):
     Returns
     -------
     oh : `~numpy.ndarray`
-        12 + log(O/H).
+        12 + log(O/H) in the calibration of Tremonti et al., that of the MPA-JHU
+        ``oh_p50`` labels.
 
     Examples
     --------
@@ -63,7 +64,8 @@ def mannucci_fmr(logm, logsfr):
     Returns
     -------
     oh : `~numpy.ndarray`
-        12 + log(O/H).
+        12 + log(O/H) in the strong-line calibrations of Maiolino et al. (2008)
+        that Mannucci et al. used.
 
     Examples
     --------

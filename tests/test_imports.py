@@ -2,9 +2,12 @@
 
 Imports inside functions hide cycles from a plain ``import`` (they run later), so
 the graph here is built from the source with `ast`, function-level imports
-included, and checked for cycles; each module is also imported in a fresh
-interpreter, where an import-order problem cannot be masked by modules an
-earlier test already loaded.
+included, and checked for cycles. Each module is also imported with none of the
+package loaded before it (a forked copy of an interpreter that has loaded only
+third-party libraries; the ``slow`` variant starts a new interpreter per
+module), where an import-order problem cannot be masked by modules an earlier
+test already loaded. ``import astro_metallicity`` and its acquisition stage
+must not load torch.
 """
 
 import ast
@@ -29,10 +32,9 @@ def _package_dir():
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _modules():
-    """``{module name: source file}`` of every module of the package, found without importing it."""
-    root = _package_dir()
-    found = {PACKAGE: root / "__init__.py"}
+def _modules(root, package):
+    """``{module name: source file}`` of every module of a package, found without importing it."""
+    found = {package: root / "__init__.py"}
 
     def walk(path, prefix):
         for info in pkgutil.iter_modules([str(path)]):
@@ -45,14 +47,14 @@ def _modules():
             else:
                 found[name] = path / f"{info.name}.py"
 
-    walk(root, PACKAGE)
+    walk(root, package)
     return found
 
 
-MODULES = _modules()
+MODULES = _modules(_package_dir(), PACKAGE)
 
 
-def _imported_names(node, module, is_package):
+def _imported_names(node, module, is_package, modules=MODULES):
     """Fully qualified names an import node refers to (module, or module.attribute)."""
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
@@ -64,7 +66,7 @@ def _imported_names(node, module, is_package):
     else:
         base = node.module or ""
     names = [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
-    if names and all(name in MODULES for name in names) and module.startswith(f"{base}."):
+    if names and all(name in modules for name in names) and module.startswith(f"{base}."):
         # "from . import sub" needs only the submodule: the importer's own package is
         # already being imported, and none of its attributes is read
         return names
@@ -75,16 +77,16 @@ def _called_name(call):
     return getattr(call.func, "attr", getattr(call.func, "id", None))
 
 
-def _import_graph():
+def _import_graph(modules=MODULES):
     """``{module: set of package modules it imports}``, every import in the file included."""
     graph = {}
-    for module, path in MODULES.items():
+    for module, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         is_package = path.name == "__init__.py"
         targets = set()
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = _imported_names(node, module, is_package)
+                names = _imported_names(node, module, is_package, modules)
             elif (isinstance(node, ast.Call) and node.args
                   and isinstance(node.args[0], ast.Constant)
                   and isinstance(node.args[0].value, str)
@@ -93,7 +95,7 @@ def _import_graph():
             else:
                 continue
             # "from .x import y" imports module x, and module x.y too when y is a submodule
-            targets.update(name for name in names if name in MODULES)
+            targets.update(name for name in names if name in modules)
         # importing a.b.c first runs the __init__ of every package on the way (a, a.b) that
         # is not already one of the importer's own packages
         own = {module.rsplit(".", k)[0] for k in range(module.count(".") + 1)}
@@ -160,6 +162,20 @@ def test_relative_imports_resolve_to_modules():
     assert _imported_names(nodes[1], "pkg.sub", True) == ["pkg.y", "pkg.y.z"]
     assert _imported_names(nodes[2], "pkg.sub.mod", False) == ["pkg.sub.w"]
     assert _imported_names(nodes[3], "pkg.sub.mod", False) == ["p.q"]
+
+
+def test_import_graph_sees_function_level_imports(tmp_path):
+    root = tmp_path / "planted"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("def __getattr__(name):\n    from .a import f\n    return f\n")
+    (root / "a.py").write_text("def f():\n    from .sub import b\n    return b\n")
+    (root / "sub" / "__init__.py").write_text("")
+    (root / "sub" / "b.py").write_text("import importlib\nimportlib.import_module('planted.c')\n")
+    (root / "c.py").write_text("from planted.a import f\n")
+    graph = _import_graph(_modules(root, "planted"))
+    assert graph["planted"] == {"planted.a"}
+    assert graph["planted.a"] == {"planted.sub", "planted.sub.b"}
+    assert _find_cycle(graph) == ["planted.a", "planted.sub.b", "planted.c", "planted.a"]
 
 
 def test_import_graph_has_no_cycles():

@@ -421,20 +421,11 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     t["sfr_tot_p50"] = logsfr * u.dex
     t["bptclass"] = bptclass
     t["d4000"] = d4000
-    t["h_alpha_flux"] = ha
-    t["h_alpha_flux_err"] = line_err
-    t["h_beta_flux"] = hb
-    t["h_beta_flux_err"] = line_err
-    t["h_delta_flux"] = 0.26 * hb
-    t["h_delta_flux_err"] = line_err
-    t["oiii_5007_flux"] = oiii
-    t["oiii_5007_flux_err"] = line_err
-    t["nii_6584_flux"] = nii
-    t["nii_6584_flux_err"] = line_err
-    t["oii_3726_flux"] = 0.45 * oii
-    t["oii_3726_flux_err"] = line_err
-    t["oii_3729_flux"] = 0.55 * oii
-    t["oii_3729_flux_err"] = line_err
+    lines = {"h_alpha": ha, "h_beta": hb, "h_delta": 0.26 * hb, "oiii_5007": oiii,
+             "nii_6584": nii, "oii_3726": 0.45 * oii, "oii_3729": 0.55 * oii}
+    for line, flux in lines.items():  # GalSpecLine columns, in its order
+        t[f"{line}_flux"] = flux
+        t[f"{line}_flux_err"] = line_err
     t["petroR50_r"] = petro_r50 * u.arcsec
     t["petroR90_r"] = petro_r90 * u.arcsec
     for b in BANDS:

@@ -60,13 +60,15 @@ def _train_parser(parser=None):
     p.add_argument("--arch", help="network architecture (default resnet18)")
     p.add_argument("--input-size", type=int, help="network input side in px (default 64)")
     p.add_argument("--outputs", help="comma-separated outputs (default metallicity,log_mstar)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="default conf.device")
+    settings = p.add_argument_group("training settings (astro_metallicity.train.TrainingConfig)")
+    for flag, kind, default, text in (
+            ("--epochs", int, 20, "number of epochs"), ("--batch-size", int, 64, "images per step"),
+            ("--lr", float, 2e-3, "peak learning rate"),
+            ("--weight-decay", float, 0.05, "AdamW weight decay"),
+            ("--patience", int, 5, "early stopping after this many epochs without progress"),
+            ("--seed", int, 0, "seed of initialisation, shuffling and augmentation")):
+        settings.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+    settings.add_argument("--device", default=None, help="default conf.device")
     p.add_argument("--checkpoint-dir", help="resumable checkpoints (default: <output>_ckpt)")
     p.add_argument("--figures", help="folder for evaluation figures")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads")

@@ -623,8 +623,9 @@ def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=
         other than its own, ``anchor_strength`` is set without ``init_from``, or
         the checkpoint in ``checkpoint_dir`` belongs to a run with other settings.
     TypeError
-        If ``train`` or ``val`` is neither a `LabelledCutouts` nor a path, or a
-        setting is not a field of `TrainingConfig`.
+        If ``train`` or ``val`` is neither a `~astro_metallicity.train.LabelledCutouts`
+        nor a path, ``config`` is not a `TrainingConfig`, or a setting is not one
+        of its fields.
     """
     import torch
 
