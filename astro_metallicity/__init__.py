@@ -21,11 +21,13 @@ _LAZY = {
     "predict_metallicity": "predict",
     "predict_metallicity_from_images": "predict",
     "load_model": "model",
+    "save_model": "model",
     "MetallicityModel": "model",
     "fetch_cutouts": "acquire",
     "CutoutSet": "acquire",
     "FetchError": "acquire",
     "resolve_targets": "targets",
+    "ResolvedTargets": "targets",
 }
 
 __all__ = ["__version__", "conf", "log", *_LAZY]

@@ -1,7 +1,7 @@
 """The network and its input, shared by `astro_metallicity.model` and `astro_metallicity.train`.
 
-Private: users reach these through `astro_metallicity.model.load_model`,
-`astro_metallicity.model.MetallicityModel` and `astro_metallicity.train.train_model`.
+Private: users reach these through `astro_metallicity.load_model`,
+`astro_metallicity.MetallicityModel` and `astro_metallicity.train.train_model`.
 
 The network is a torchvision ResNet with its stem kept as in torchvision
 (7x7 stride-2 convolution and max-pool) and the ImageNet classifier replaced
@@ -36,8 +36,8 @@ __all__ = [
     "validate_images",
 ]
 
-#: Version of the metadata layout written by `astro_metallicity.model.save_model`;
-#: `astro_metallicity.model.load_model` rejects files written with another major layout.
+#: Version of the metadata layout written by `astro_metallicity.save_model`;
+#: `astro_metallicity.load_model` rejects files written with another major layout.
 METADATA_FORMAT_VERSION = 1
 
 #: Network architectures `build_network` knows. ``'tiny'`` is a 3-layer CNN

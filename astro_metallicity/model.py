@@ -178,7 +178,7 @@ def load_model(path=None, device=None):
 
     Returns
     -------
-    model : `~astro_metallicity.model.MetallicityModel`
+    model : `~astro_metallicity.MetallicityModel`
 
     Raises
     ------

@@ -1,9 +1,9 @@
 """Predict gas-phase metallicity for targets on the sky or for cutouts in hand.
 
 `predict_metallicity` runs the whole pipeline: targets
-(`~astro_metallicity.targets.resolve_targets`) -> cutouts
-(`~astro_metallicity.acquire.fetch_cutouts`, which builds them with
-`astro_metallicity.preprocess`) -> CNN (`~astro_metallicity.model.load_model`)
+(`~astro_metallicity.resolve_targets`) -> cutouts
+(`~astro_metallicity.fetch_cutouts`, which builds them with
+`astro_metallicity.preprocess`) -> CNN (`~astro_metallicity.load_model`)
 -> result table (`~astro_metallicity.table.build_result_table`). Cutout size,
 pixel-scale convention and colour stretch come from the model's metadata.
 """
@@ -85,20 +85,20 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
     ----------
     targets : `~astropy.coordinates.SkyCoord` or `~astropy.table.Table`
         A scalar or array SkyCoord, or a table with a SkyCoord column or
-        ra/dec columns (see `~astro_metallicity.targets.resolve_targets`).
+        ra/dec columns (see `~astro_metallicity.resolve_targets`).
     source : {'frames', 'jpeg'}, optional
-        Where cutouts come from (see `~astro_metallicity.acquire.fetch_cutouts`).
+        Where cutouts come from (see `~astro_metallicity.fetch_cutouts`).
         Default ``conf.cutout_source``.
     scale : 'adaptive' or `~astropy.units.Quantity`, optional
         Pixel scale of the cutouts. Default: the convention the model was
         trained with (its metadata); override only knowingly.
-    model : str, path-like or `~astro_metallicity.model.MetallicityModel`, optional
+    model : str, path-like or `~astro_metallicity.MetallicityModel`, optional
         Checkpoint path or a loaded model. Default ``conf.model_path`` or the
         bundled model.
     device : str, optional
         Torch device (``'cpu'``, ``'cuda'``, ...). Default ``conf.device``.
     return_cutouts : bool
-        Also return the `~astro_metallicity.acquire.CutoutSet` (one cutout per row).
+        Also return the `~astro_metallicity.CutoutSet` (one cutout per row).
     progress : bool, optional
         Show a progress bar; default: for tables of 50 rows or more.
 
@@ -114,7 +114,7 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         ``'partial_coverage'``, ``'fetch_failed: ...'``). Predictions are
         masked on flagged rows. ``meta['astro_metallicity']`` records
         versions, data release, source and model provenance and hash.
-    cutouts : `~astro_metallicity.acquire.CutoutSet`
+    cutouts : `~astro_metallicity.CutoutSet`
         Only with ``return_cutouts=True``.
 
     Examples
@@ -222,7 +222,7 @@ def predict_metallicity_from_images(images, *, model=None, device=None, names=No
     images : str, path-like, array or sequence of them
         JPEG/PNG file paths, a uint8 array ``(N, H, W, 3)`` or ``(H, W, 3)``,
         or a list of paths/arrays.
-    model : str, path-like or `~astro_metallicity.model.MetallicityModel`, optional
+    model : str, path-like or `~astro_metallicity.MetallicityModel`, optional
         Default ``conf.model_path`` or the bundled model.
     device : str, optional
         Torch device. Default ``conf.device``.

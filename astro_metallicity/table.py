@@ -74,7 +74,7 @@ def _result_meta(*, model=None, source=None, scale=None, data_release=None, extr
 
     Parameters
     ----------
-    model : `~astro_metallicity.model.MetallicityModel`, optional
+    model : `~astro_metallicity.MetallicityModel`, optional
         The model used; its path, hash, provenance and metrics are recorded.
     source : str, optional
         Cutout source (``'frames'``, ``'jpeg'``, ``'images'``).

@@ -258,10 +258,14 @@ def summary_statistics(img):
     * ``clumpiness``: sum max(L - G3(L), 0) / sum |L| in the central 64 px outside
       r < 4 px, G3 a Gaussian smoothing with sigma 3 px.
     * ``r_half``: radius (px) holding half the flux of L within r < 48 px.
+    * ``centroid_offset``: distance (px) of the flux-weighted centroid of max(L, 0),
+      smoothed with a 1.5-px Gaussian, within r < 10 px from the image centre (how
+      well the cutout is centred on the light).
     * ``axis_ratio``: minor/major axis from the second moments of max(L, 0) within
       r < 24 px (1 = round, small = elongated or edge-on).
     * ``bkg_std_{L,R,G,B}``, ``bkg_mean_{R,G,B}``: noise level and colour of the
-      clipped border (``bkg_std_L`` on the channel mean).
+      clipped border (``bkg_std_L`` on the channel mean); ``bkg_zero_frac``: fraction
+      of border pixels that are 0 in all channels (sky pedestal and clipping).
     * ``blockiness``, ``blockiness_border``: luma (Y) mean |difference| across 8-px
       JPEG block boundaries / inside blocks, whole image and border only (1 = no
       block artefacts); ``chroma_blockiness``: the same for Cb at 16-px boundaries
@@ -287,6 +291,7 @@ def summary_statistics(img):
     lum_raw = x.mean(axis=2)
     v = _clipped(lum_raw[_BORDER])
     out["bkg_std_L"] = float(v.std())
+    out["bkg_zero_frac"] = float((x[_BORDER].max(axis=1) == 0).mean())
     lum = lum_raw - float(v.mean())
     # colours at centre and outskirts
     sub = x - np.array([bkg["R"], bkg["G"], bkg["B"]])
@@ -313,6 +318,12 @@ def summary_statistics(img):
     cum = np.cumsum(flat[inside])
     total = cum[-1]
     out["r_half"] = float(rr[inside][np.searchsorted(cum, 0.5 * total)]) if total > 0 else np.nan
+    wc = np.clip(gaussian_filter(lum, 1.5), 0, None) * (_R < 10)
+    if wc.sum() > 0:
+        out["centroid_offset"] = float(math.hypot((wc * _Y).sum() / wc.sum() - (SIZE - 1) / 2,
+                                                  (wc * _X).sum() / wc.sum() - (SIZE - 1) / 2))
+    else:
+        out["centroid_offset"] = np.nan
     w = np.clip(lum, 0, None) * (_R < 24)
     if w.sum() > 0:
         cy, cx = (w * _Y).sum() / w.sum(), (w * _X).sum() / w.sum()
@@ -335,7 +346,8 @@ def summary_statistics(img):
 STAT_GROUPS = {
     "colour and brightness": lambda n: n[0] in "RGB" and ("_mean_" in n or "_std_" in n)
     or n.startswith(("RB_", "GB_")),
-    "structure": lambda n: n in ("concentration", "asymmetry", "clumpiness", "r_half", "axis_ratio"),
+    "structure": lambda n: n in ("concentration", "asymmetry", "clumpiness", "r_half", "axis_ratio",
+                                   "centroid_offset"),
     "background": lambda n: n.startswith("bkg_"),
     "JPEG": lambda n: "blockiness" in n,
 }

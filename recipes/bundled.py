@@ -17,7 +17,7 @@ Steps (every seed fixed, so the run is reproducible):
 1. Start the simulated SDSS (`astro_metallicity.mock.MockSDSS`, seed
    ``SIM_SEED``), query the training catalogue through it with the seed's SQL
    (`query_training_catalog`) and build the cutout store with the prediction
-   pipeline's own code: `build_dataset` -> `astro_metallicity.acquire.fetch_cutouts`
+   pipeline's own code: `build_dataset` -> `astro_metallicity.fetch_cutouts`
    with ``source='jpeg'`` (the SkyServer ImgCutout route of Wu & Boada 2018) and
    the paper's adaptive scale, 128 x 128 px.
 2. Split the simulated set 80/10/10 (train/validation/test, ``SPLIT_SEED``); the

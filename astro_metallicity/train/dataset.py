@@ -2,7 +2,7 @@
 
 `build_dataset` fetches and preprocesses a cutout for every galaxy of a
 catalogue with the prediction pipeline's own code
-(`astro_metallicity.acquire.fetch_cutouts`), chunk by chunk, into one HDF5 file: ``images``
+(`astro_metallicity.fetch_cutouts`), chunk by chunk, into one HDF5 file: ``images``
 (uint8, N x size x size x 3), ``flags`` (empty string = good cutout) and the
 catalogue (with units). A chunk is marked done only after it is written, so
 a crashed or interrupted build resumes where it stopped.
@@ -322,7 +322,7 @@ def build_dataset(catalog, path, *, source="jpeg", scale="adaptive", size=128, c
         Show a progress bar over chunks.
     cutout_func : callable, optional
         ``cutout_func(coords, catalog_rows, source=, scale=, size=) -> (images, flags)``.
-        Default: `astro_metallicity.acquire.fetch_cutouts`, the prediction
+        Default: `astro_metallicity.fetch_cutouts`, the prediction
         pipeline's function.
 
     Returns

@@ -83,7 +83,7 @@ def evaluate(model, test, *, baselines=None, train=None, figures_dir=None, label
 
     Parameters
     ----------
-    model : `~astro_metallicity.model.MetallicityModel`
+    model : `~astro_metallicity.MetallicityModel`
         The model to test.
     test : `~astro_metallicity.train.LabelledCutouts` or path
         Held-out cutouts with labels.

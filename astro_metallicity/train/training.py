@@ -200,7 +200,7 @@ class TrainingResult:
 
     Attributes
     ----------
-    model : `~astro_metallicity.model.MetallicityModel`
+    model : `~astro_metallicity.MetallicityModel`
         The network at its best validation epoch (the last epoch without validation).
     history : list of dict
         Per-epoch training loss, learning rate, validation metrics and timing.
@@ -594,7 +594,7 @@ def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=
         Validation set for per-epoch metrics, early stopping and best-epoch selection.
     config : `TrainingConfig`, optional
         Settings of the run; default ``TrainingConfig()``.
-    init_from : str, path-like or `~astro_metallicity.model.MetallicityModel`, optional
+    init_from : str, path-like or `~astro_metallicity.MetallicityModel`, optional
         Start from this trained model (fine-tuning); its network and metadata
         (architecture, input size, outputs, normalisation, label statistics) are
         kept.
