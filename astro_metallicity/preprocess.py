@@ -1,7 +1,7 @@
 """Preprocessing: calibrated *gri* frames to the colour cutout the CNN reads.
 
 Pure image maths: no network and no target handling (fetching the frames is
-`astro_metallicity.acquire`'s job; it calls `make_cutout`). ``header_wcs``,
+`~astro_metallicity.fetch_cutouts`' job; it calls `make_cutout`). ``header_wcs``,
 ``reproject_band`` and ``subtract_background``, the steps of `make_cutout`,
 stay importable for the tutorials but are not part of the public API.
 
