@@ -1,9 +1,10 @@
 """Preprocessing: calibrated *gri* frames to the colour cutout the CNN reads.
 
 Pure image maths: no network and no target handling (fetching the frames is
-`~astro_metallicity.fetch_cutouts`' job; it calls `make_cutout`). ``header_wcs``,
-``reproject_band`` and ``subtract_background``, the steps of `make_cutout`,
-stay importable for the tutorials but are not part of the public API.
+`~astro_metallicity.fetch_cutouts`' job; it calls `make_cutout`). The steps
+of `make_cutout` are public too (`header_wcs`, `reproject_band`,
+`subtract_background`, `gri_composite`), for users who build their own
+cutouts and for :ref:`tutorial-how-it-works`.
 
 The network reads the same kind of image SDSS's ImgCutout service serves: an
 8-bit *gri* colour composite with an asinh (Lupton et al. 1999, 2004)
@@ -24,7 +25,10 @@ __all__ = [
     "adaptive_scale",
     "cutout_wcs",
     "gri_composite",
+    "header_wcs",
     "make_cutout",
+    "reproject_band",
+    "subtract_background",
 ]
 
 #: Parameters of the asinh colour stretch that mimics SDSS ImgCutout JPEGs.

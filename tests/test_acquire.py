@@ -453,3 +453,24 @@ def test_rejected_sql_is_an_error_at_once(sdss):
     with pytest.raises(FetchError, match="SQL failed: .*NoSuchTable"):
         _sdss.query_sql("SELECT run FROM NoSuchTable")
     assert len(sdss.requests) - before == 1
+
+
+def test_astroquery_urls_nested_conflict_is_refused_not_a_hang(sdss):
+    """A thread inside a block that asks for other URLs gets an error instead of waiting on
+    itself; the outer block still restores astroquery's setting, also after an exception."""
+    import astroquery.sdss
+
+    before = astroquery.sdss.conf.skyserver_baseurl
+    with pytest.raises(ZeroDivisionError):
+        with _http.astroquery_sdss() as urls:
+            assert astroquery.sdss.conf.skyserver_baseurl == urls.skyserver == sdss.url
+            with _http.astroquery_sdss():  # same URLs: nesting is fine
+                pass
+            with conf.set_temp("skyserver_baseurl", "http://127.0.0.1:9"), \
+                    pytest.raises(RuntimeError, match="already pointed at other SDSS servers"):
+                with _http.astroquery_sdss():
+                    pass
+            1 / 0
+    assert astroquery.sdss.conf.skyserver_baseurl == before
+    with _http.astroquery_sdss():  # nothing left held
+        assert astroquery.sdss.conf.skyserver_baseurl == sdss.url

@@ -82,6 +82,7 @@ def sdss_urls():
 
 _sync = threading.Condition()
 _sync_state = {"users": 0, "urls": None, "saved": None}
+_held = threading.local()  # the URLs this thread is inside a block for, if any
 
 
 @contextmanager
@@ -91,36 +92,59 @@ def astroquery_sdss():
     astroquery reads its own ``skyserver_baseurl`` when it sends a query; without
     this a mirror set in ``astro_metallicity.conf`` would be bypassed. Unlike a
     bare ``set_temp``, this is safe from many threads at once: the first block in
-    sets the values and the last one out restores them (a block that wants other
-    URLs waits until the current ones are released).
+    sets the values and the last one out restores them; a block that wants other
+    URLs waits until the current ones are released (at most ten request
+    timeouts). Keep blocks to the astroquery call itself.
 
     Yields
     ------
     urls : SdssUrls
         The URLs in force for the block.
+
+    Raises
+    ------
+    RuntimeError
+        When a thread already inside a block asks for other URLs (it would wait
+        for itself).
+    FetchError
+        When blocks for other URLs did not finish in time.
     """
     urls = sdss_urls()
-    with _sync:
-        while _sync_state["users"] and _sync_state["urls"] != urls:
-            _sync.wait()
-        if not _sync_state["users"]:
-            _sync_state["saved"] = (astroquery_sdss_conf.skyserver_baseurl,
-                                    astroquery_sdss_conf.sas_baseurl)
-            astroquery_sdss_conf.skyserver_baseurl = urls.skyserver
-            astroquery_sdss_conf.sas_baseurl = urls.sas
-            _sync_state["urls"] = urls
-        _sync_state["users"] += 1
+    outer = getattr(_held, "urls", None)
+    if outer is not None and outer != urls:
+        msg = ("astroquery is already pointed at other SDSS servers by this thread; the server "
+               "URLs in astro_metallicity.conf changed inside an astroquery call")
+        raise RuntimeError(msg)
+    entered = False
     try:
+        with _sync:
+            deadline = time.monotonic() + 10.0 * float(conf.timeout)
+            while _sync_state["users"] and _sync_state["urls"] != urls:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not _sync.wait(remaining):
+                    msg = "timed out waiting for astroquery queries to other SDSS servers"
+                    raise FetchError(msg)
+            if not _sync_state["users"]:
+                _sync_state["saved"] = (astroquery_sdss_conf.skyserver_baseurl,
+                                        astroquery_sdss_conf.sas_baseurl)
+                astroquery_sdss_conf.skyserver_baseurl = urls.skyserver
+                astroquery_sdss_conf.sas_baseurl = urls.sas
+                _sync_state["urls"] = urls
+            _sync_state["users"] += 1
+            entered = True
+        _held.urls = urls
         yield urls
     finally:
-        with _sync:
-            _sync_state["users"] -= 1
-            if not _sync_state["users"]:
-                skyserver, sas = _sync_state["saved"]
-                astroquery_sdss_conf.skyserver_baseurl = skyserver
-                astroquery_sdss_conf.sas_baseurl = sas
-                _sync_state["urls"] = None
-                _sync.notify_all()
+        if entered:
+            _held.urls = outer
+            with _sync:
+                _sync_state["users"] -= 1
+                if not _sync_state["users"]:
+                    skyserver, sas = _sync_state["saved"]
+                    astroquery_sdss_conf.skyserver_baseurl = skyserver
+                    astroquery_sdss_conf.sas_baseurl = sas
+                    _sync_state["urls"] = None
+                    _sync.notify_all()
 
 
 # --------------------------------------------------------------------------- HTTP

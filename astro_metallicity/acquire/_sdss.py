@@ -88,12 +88,16 @@ def _astroquery_table(request, what):
     return with_retries(attempt, what)
 
 
-def query_sql(sql):
+def query_sql(sql, *, data_release=None, timeout=None):
     """Run SQL on SkyServer through astroquery, with retries.
 
     Parameters
     ----------
     sql : str
+    data_release : int, optional
+        Default ``conf.data_release``.
+    timeout : float, optional
+        Seconds per HTTP request; default ``conf.timeout``.
 
     Returns
     -------
@@ -105,10 +109,10 @@ def query_sql(sql):
     FetchError
         If the query fails after retries or is rejected.
     """
+    dr = _release(data_release)
+    timeout = float(conf.timeout if timeout is None else timeout)
     return _astroquery_table(
-        lambda: SDSS.query_sql_async(sql, timeout=float(conf.timeout),
-                                     data_release=int(conf.data_release), cache=False),
-        "SQL")
+        lambda: SDSS.query_sql_async(sql, timeout=timeout, data_release=dr, cache=False), "SQL")
 
 
 def _query_tap(url, adql):

@@ -1,7 +1,8 @@
 """The training catalogue: SDSS spectroscopic galaxies with MPA-JHU labels.
 
 `query_training_catalog` runs the CasJobs/SkyServer query of the paper's seed
-repository (Wu & Boada 2018) through `astroquery.sdss.SDSS.query_sql`: SpecObj
+repository (Wu & Boada 2018) through the acquisition stage's SkyServer SQL
+search (astroquery, with retries and backoff): SpecObj
 joined with Galaxy and the MPA-JHU GalSpecLine/Info/Indx/Extra tables, with
 the seed's quality cuts. It talks to whatever SkyServer
 ``astro_metallicity.conf.skyserver_baseurl`` names, so the same call reaches
@@ -11,10 +12,9 @@ real SDSS or the local mock server (`astro_metallicity.mock.MockSDSS`).
 import astropy.units as u
 import numpy as np
 from astropy.table import Table
-from astroquery.sdss import SDSS
-
 from .._config import conf
-from ..acquire._http import astroquery_sdss
+from ..acquire._http import sdss_urls
+from ..acquire._sdss import query_sql
 from ..logger import log
 
 __all__ = ["query_training_catalog", "training_catalog_sql"]
@@ -117,15 +117,15 @@ def query_training_catalog(*, top=None, data_release=None, timeout=None):
 
     Raises
     ------
-    astroquery.exceptions.RemoteServiceError
-        If the server rejects the query.
+    astro_metallicity.FetchError
+        If the server rejects the query, or it fails after retries.
     """
     data_release = int(conf.data_release if data_release is None else data_release)
     timeout = float(conf.timeout if timeout is None else timeout)
     sql = training_catalog_sql(top)
-    with astroquery_sdss() as urls:
-        log.info(f"Querying the training catalogue from {urls.skyserver} (DR{data_release})")
-        table = SDSS.query_sql(sql, data_release=data_release, timeout=timeout, cache=False)
+    urls = sdss_urls()
+    log.info(f"Querying the training catalogue from {urls.skyserver} (DR{data_release})")
+    table = query_sql(sql, data_release=data_release, timeout=timeout)
     if table is None:
         table = Table(names=["objID", "oh_p50"], dtype=[np.int64, float])
     table = Table(table)

@@ -173,6 +173,10 @@ class TrainingConfig:
             msg = (f"backbone_lr_factor must be in (0, 1] and anchor_strength >= 0, got "
                    f"{self.backbone_lr_factor} and {self.anchor_strength}")
             raise ValueError(msg)
+        self.pct_start = float(self.pct_start)
+        if not 0 < self.pct_start < 1:
+            msg = f"pct_start must be between 0 and 1, got {self.pct_start}"
+            raise ValueError(msg)
         self.zoom = float(self.zoom)
         if self.zoom < 1:
             msg = f"zoom must be >= 1, got {self.zoom}"
@@ -295,8 +299,11 @@ def _loss_fn(out, y, n_out, kind):
     r = torch.where(mask, y, mu.detach()) - mu
     if kind == "mse+nll":
         per = r**2 + 0.5 * (logvar + r.detach() ** 2 * torch.exp(-logvar))
-    else:  # 'nll'
+    elif kind == "nll":
         per = 0.5 * (logvar + r**2 * torch.exp(-logvar))
+    else:
+        msg = f"loss must be 'mse+nll' or 'nll', got {kind!r}"
+        raise ValueError(msg)
     return (per * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -375,7 +382,8 @@ def _resolve_config(config, settings):
         msg = (f"train_model() got unknown settings {unknown}; the settings are the fields "
                f"of TrainingConfig: {sorted(names)}")
         raise TypeError(msg)
-    return dataclasses.replace(config, **settings) if settings else config
+    # replace() runs __post_init__ again, so a config changed after it was made is checked too
+    return dataclasses.replace(config, **settings)
 
 
 def _pretrained(init_from, config):
@@ -638,9 +646,16 @@ def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=
     if train is None or len(train) == 0:
         msg = "train must contain at least one cutout"
         raise ValueError(msg)
-    if config.anchor_strength and init_from is None:
-        msg = "anchor_strength needs init_from (the weights to anchor to)"
-        raise ValueError(msg)
+    if init_from is None:
+        # fine-tuning settings: on a new network they would silently mean something else
+        tuning = {"anchor_strength": config.anchor_strength != 0,
+                  "freeze_batchnorm": config.freeze_batchnorm,
+                  "backbone_lr_factor": config.backbone_lr_factor != 1}
+        asked = [name for name, on in tuning.items() if on]
+        if asked:
+            msg = (f"{', '.join(asked)} fine-tune a pretrained network and need init_from "
+                   "(the model to start from)")
+            raise ValueError(msg)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
 

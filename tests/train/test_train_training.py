@@ -132,8 +132,11 @@ def test_train_model_argument_errors(labelled_set):
         train_model(labelled_set, epochs=0, **KW)
     with pytest.raises(ValueError, match="backbone_lr_factor must be in"):
         train_model(labelled_set, backbone_lr_factor=0, **KW)
-    with pytest.raises(ValueError, match="anchor_strength needs init_from"):
+    with pytest.raises(ValueError, match="anchor_strength fine-tune a pretrained network and "
+                                         "need init_from"):
         train_model(labelled_set, anchor_strength=1.0, **KW)
+    with pytest.raises(ValueError, match="^freeze_batchnorm, backbone_lr_factor fine-tune"):
+        train_model(labelled_set, freeze_batchnorm=True, backbone_lr_factor=0.1, **KW)
     with pytest.raises(TypeError, match=r"unknown settings \['epoch'\]; the settings are the "
                                         "fields of TrainingConfig"):
         train_model(labelled_set, epoch=3, **KW)
@@ -150,6 +153,7 @@ def test_train_model_argument_errors(labelled_set):
     ({"max_lr": 0}, "max_lr must be > 0 and weight_decay >= 0, got 0.0 and 0.05"),
     ({"backbone_lr_factor": 1.5}, "backbone_lr_factor must be in \\(0, 1\\]"),
     ({"zoom": 0.9}, "zoom must be >= 1, got 0.9"),
+    ({"pct_start": 1.0}, "pct_start must be between 0 and 1, got 1.0"),
     ({"arch": "vgg11"}, "arch must be one of \\('tiny', 'resnet18', 'resnet34'\\), got 'vgg11'"),
     ({"input_size": 0}, "input_size must be a positive number of pixels, got 0"),
     ({"outputs": ["log_mstar"]}, "outputs must include 'metallicity'"),
@@ -158,6 +162,16 @@ def test_train_model_argument_errors(labelled_set):
 def test_training_config_refuses_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
         TrainingConfig(**settings)
+
+
+def test_config_changed_after_creation_is_checked_again(labelled_set):
+    config = TrainingConfig(arch="tiny", input_size=16)
+    config.loss = "l1"
+    with pytest.raises(ValueError, match="loss must be 'mse\\+nll' or 'nll', got 'l1'"):
+        train_model(labelled_set, None, config)
+    config.loss, config.epochs = "nll", -3
+    with pytest.raises(ValueError, match="epochs and batch_size must be positive, got -3"):
+        train_model(labelled_set, None, config)
 
 
 def test_training_config_normalises_types():
