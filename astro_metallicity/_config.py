@@ -36,7 +36,12 @@ class Conf(_config.ConfigNamespace):
         "auto",
         "Torch device for inference: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda', ...",
     )
-    timeout = _config.ConfigItem(60.0, "Timeout in seconds for one HTTP request.", cfgtype="float")
+    timeout = _config.ConfigItem(
+        60.0,
+        "Timeout in seconds of one HTTP request as a whole (connection, answer and the whole "
+        "download), and of any silence within it; a request over it is retried.",
+        cfgtype="float",
+    )
     max_retries = _config.ConfigItem(
         4, "How many times a failed download (timeout, 5xx, truncated file) is retried.",
         cfgtype="integer",
@@ -48,7 +53,9 @@ class Conf(_config.ConfigNamespace):
         4, "Number of concurrent downloads.", cfgtype="integer"
     )
     cache_dir = _config.ConfigItem(
-        "", "Directory of the download cache. Empty means <astropy cache dir>/astro_metallicity."
+        "",
+        "Directory of the download cache. Empty means <astropy cache dir>/astro_metallicity. "
+        "If it cannot be written, downloads are kept in memory only (with one warning).",
     )
     batch_size = _config.ConfigItem(64, "Batch size for CNN inference.", cfgtype="integer")
     model_path = _config.ConfigItem(

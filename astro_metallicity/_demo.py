@@ -11,13 +11,74 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEMO_GALAXIES", "DEMO_SEED", "DEMO_TARGETS", "MONTAGE_MAX", "demo_sample",
-           "masked_values", "run_demo", "save_montage", "write_table"]
+__all__ = ["DEMO_GALAXIES", "DEMO_SEED", "DEMO_TARGETS", "MONTAGE_MAX", "OUTPUT_FORMATS",
+           "check_writable_dir", "demo_sample", "masked_values", "output_format", "run_demo",
+           "save_montage", "write_table"]
 
 DEMO_SEED = 2026  # never used to simulate training data
 DEMO_GALAXIES = 500
 DEMO_TARGETS = 20
 MONTAGE_MAX = 60  # cutouts shown in a --montage (the first rows)
+
+#: Table formats a result can be written in, by file extension: those astropy writes
+#: and reads back with the units, the masked values and the flags of a result table.
+OUTPUT_FORMATS = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits", ".fit": "fits",
+                  ".vot": "votable", ".xml": "votable"}
+
+
+def output_format(path):
+    """The astropy format of a result table written to ``path``, from its extension.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file.
+
+    Returns
+    -------
+    format : str
+        A value of `OUTPUT_FORMATS`.
+
+    Raises
+    ------
+    ValueError
+        If the extension is not one of `OUTPUT_FORMATS`.
+    """
+    suffix = Path(path).suffix.lower()
+    fmt = OUTPUT_FORMATS.get(suffix)
+    if fmt is None:
+        known = ", ".join(OUTPUT_FORMATS)
+        hint = " (.txt does not say which text format: .ecsv is text that keeps units)" \
+            if suffix == ".txt" else ""
+        msg = (f"cannot tell the table format of {path} from its extension "
+               f"{suffix or '(none)'!r}; use one of {known}{hint}")
+        raise ValueError(msg)
+    return fmt
+
+
+def check_writable_dir(directory):
+    """Check that files can be created in ``directory`` (by creating and removing one).
+
+    Parameters
+    ----------
+    directory : path-like
+
+    Raises
+    ------
+    ValueError
+        If ``directory`` does not exist, is not a directory or is not writable.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        msg = f"directory {directory} {what}"
+        raise ValueError(msg)
+    try:  # permissions alone do not tell (root, read-only file systems, ACLs): try it
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        msg = f"cannot write to directory {directory} ({exc.strerror or exc})"
+        raise ValueError(msg) from None
 
 
 def write_table(table, path, overwrite):
@@ -28,19 +89,24 @@ def write_table(table, path, overwrite):
     table : `~astropy.table.QTable`
         Table to write.
     path : path-like
-        Output file (``.ecsv``, ``.csv``, ``.fits``, ``.vot``, ...).
+        Output file, with an extension of `OUTPUT_FORMATS` (``.ecsv``,
+        ``.csv``, ``.fits``, ``.vot``, ...).
     overwrite : bool
         Replace an existing file.
+
+    Raises
+    ------
+    ValueError
+        If the extension is not one of `OUTPUT_FORMATS`.
     """
+    from astropy.io.votable.exceptions import W50
     from astropy.units import UnitsWarning
     from astropy.utils.exceptions import AstropyUserWarning
 
     path = Path(path)
-    kwargs = {"overwrite": overwrite}
-    if path.suffix.lower() == ".csv":
-        kwargs["format"] = "ascii.csv"
+    fmt = output_format(path)
     out = table.copy(copy_data=False)
-    if path.suffix.lower() in (".csv", ".fits", ".fit", ".vot", ".xml"):
+    if fmt != "ascii.ecsv":
         # formats without room for a SkyCoord column get ra/dec columns instead
         from astropy.coordinates import SkyCoord
 
@@ -51,14 +117,17 @@ def write_table(table, path, overwrite):
                 out.remove_column(name)
                 out.add_column(icrs.dec.to("deg"), name=f"{name}_dec", index=index)
                 out.add_column(icrs.ra.to("deg"), name=f"{name}_ra", index=index)
-        if path.suffix.lower() != ".csv":
+        if fmt != "ascii.csv":
             out.meta = {}  # nested provenance does not fit a FITS header; ECSV keeps it
     with warnings.catch_warnings():
         # FITS has no 'dex' unit; astropy says so and still round-trips it through QTable
         warnings.filterwarnings("ignore", message=".*could not be saved in native FITS",
                                 category=AstropyUserWarning)
         warnings.filterwarnings("ignore", category=UnitsWarning)
-        out.write(path, **kwargs)
+        # VOTable's unit grammar (VOUnit) has no 'dex' either (W50); the unit string is
+        # written as is and astropy reads it back as dex
+        warnings.filterwarnings("ignore", message=".*Invalid unit string", category=W50)
+        out.write(path, format=fmt, overwrite=overwrite)
 
 
 def masked_values(column):
@@ -183,6 +252,11 @@ def run_demo(*, galaxies=DEMO_GALAXIES, seed=DEMO_SEED, n_targets=DEMO_TARGETS, 
     -------
     status : int
         0.
+
+    Raises
+    ------
+    ValueError
+        If ``output_dir`` cannot be created or written to (checked first).
     """
     from astropy import units as u
 
@@ -191,7 +265,12 @@ def run_demo(*, galaxies=DEMO_GALAXIES, seed=DEMO_SEED, n_targets=DEMO_TARGETS, 
     from .predict import predict_metallicity
 
     out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"cannot create the output directory {out_dir} ({exc.strerror or exc})"
+        raise ValueError(msg) from None
+    check_writable_dir(out_dir)  # before the demo's work, not after it
     print(f"Starting the simulated SDSS ({galaxies} galaxies, seed {seed}) on 127.0.0.1 ...")
     with tempfile.TemporaryDirectory(prefix="astro-metallicity-demo-") as cache, \
             conf.set_temp("cache_dir", cache), \

@@ -59,6 +59,29 @@ def _model_scale(model, scale):
     return scale
 
 
+def _model_source(model):
+    """The cutout source the model records it was trained on, or None."""
+    recorded = model.metadata.get("cutout_source")
+    return recorded if recorded in ("frames", "jpeg") else None
+
+
+def _check_source(source):
+    if source not in ("frames", "jpeg"):
+        msg = f"source must be 'frames' or 'jpeg', got {source!r}"
+        raise ValueError(msg)
+    return source
+
+
+def _resolve_source(source, model):
+    """The explicit source, else the model's training source, else ``conf.cutout_source``."""
+    if source is None:
+        trained_on = _model_source(model)
+        if trained_on is not None:
+            log.debug(f"cutout source {trained_on!r}: the source the model was trained on")
+        source = trained_on or conf.cutout_source
+    return _check_source(source)
+
+
 def _run_model(model, images, good, batch_size=None):
     """Predictions (full-length arrays, NaN where not good)."""
     n = len(images)
@@ -88,10 +111,14 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         ra/dec columns (see `~astro_metallicity.resolve_targets`).
     source : {'frames', 'jpeg'}, optional
         Where cutouts come from (see `~astro_metallicity.fetch_cutouts`).
-        Default ``conf.cutout_source``.
+        Default: the source the model was trained on when its metadata
+        records it (``metadata['cutout_source']``), else
+        ``conf.cutout_source``. The source used is in
+        ``meta['astro_metallicity']``.
     scale : 'adaptive' or `~astropy.units.Quantity`, optional
-        Pixel scale of the cutouts. Default: the convention the model was
-        trained with (its metadata); override only knowingly.
+        Pixel scale of the cutouts, one value or one per target. Default: the
+        convention the model was trained with (its metadata); override only
+        knowingly.
     model : str, path-like or `~astro_metallicity.MetallicityModel`, optional
         Checkpoint path or a loaded model. Default ``conf.model_path`` or the
         bundled model.
@@ -111,11 +138,18 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         ``log_mstar_err`` when the model predicts stellar mass, and ``flag``
         (``''`` when predicted, else why not: ``'bad_coordinates: ...'``,
         ``'outside_footprint'``, ``'no_petrosian_radius'``,
-        ``'partial_coverage'``, ``'fetch_failed: ...'``). Predictions are
-        masked on flagged rows. ``meta['astro_metallicity']`` records
+        ``'partial_coverage'``, ``'bad_scale'``, ``'fetch_failed: ...'``,
+        ``'model_failed: non-finite output'``). Predictions are masked on
+        flagged rows, and only there. ``meta['astro_metallicity']`` records
         versions, data release, source and model provenance and hash.
     cutouts : `~astro_metallicity.CutoutSet`
         Only with ``return_cutouts=True``.
+
+    Raises
+    ------
+    ValueError
+        If ``source`` is unknown, or ``scale`` has neither one value nor one
+        per target.
 
     Examples
     --------
@@ -125,17 +159,21 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
     >>> result["metallicity"]  # doctest: +SKIP
     """
     resolved = resolve_targets(targets)
+    if source is not None:
+        _check_source(source)  # a typo fails before the model is loaded
     model = _get_model(model, device)
-    source = conf.cutout_source if source is None else source
-    if source not in ("frames", "jpeg"):
-        msg = f"source must be 'frames' or 'jpeg', got {source!r}"
-        raise ValueError(msg)
+    source = _resolve_source(source, model)
     cutout_scale = _model_scale(model, scale)
+    n = len(resolved)
+    if not isinstance(cutout_scale, str) and np.ndim(cutout_scale) > 0 and (
+            np.ndim(cutout_scale) > 1 or len(cutout_scale) != n):
+        msg = (f"scale has shape {np.shape(cutout_scale)} for {n} targets; give one scale "
+               f"or one per target (shape ({n},))")
+        raise ValueError(msg)
     if scale is not None and str(model.pixel_scale) != str(scale):
         log.warning(f"scale={scale} differs from the convention the model was trained with "
                     f"({model.pixel_scale!r}); predictions may be biased")
     size = model.cutout_size
-    n = len(resolved)
     if progress is None:
         progress = n >= _PROGRESS_MIN_ROWS
     flags = np.array(resolved.flags, dtype=object)
@@ -172,12 +210,11 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         done += len(chunk)
         if bar is not None:
             bar.update(done)
-    good = flags == ""
     meta = _result_meta(model=model, source=source, data_release=conf.data_release,
                        scale=cutout_scale if isinstance(cutout_scale, str) or
                        np.ndim(cutout_scale) == 0 else "per target")
     result = build_result_table(resolved.table, flags.astype(str), predictions, meta=meta)
-    n_bad = int(np.sum(~good))
+    n_bad = int(np.sum(np.asarray(result["flag"]) != ""))
     if n_bad:
         log.info(f"{n_bad} of {n} targets have no prediction; see the 'flag' column")
     if return_cutouts:
@@ -185,27 +222,120 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
     return result
 
 
+# What predict_metallicity_from_images accepts as an image (see its docstring). Real SDSS
+# ImgCutout JPEGs (128 px) have a pixel standard deviation of 5.7 or more, channels that
+# differ by 15 counts or more somewhere and no pixel at 255 in all three channels, so the
+# limits below leave a wide margin for real cutouts. The grey test only catches an image
+# whose channels are equal but for JPEG rounding: a faint cutout can be nearly grey.
+_MIN_SIDE = 32  # px; a smaller image upsampled to the model's cutout holds no detail
+_MAX_ASPECT = 1.02  # longer / shorter side; cutouts are square and a resize would distort
+_MIN_STD = 2.0  # counts; below this an image has no galaxy in it ("blank")
+_MAX_CHANNEL_SPREAD = 2  # counts; channels this close everywhere are grey (JPEG rounds)
+_MAX_SATURATED = 0.2  # fraction of pixels at 255 in all channels
+# Pillow modes of one 8-bit channel, and of one channel of more than 8 bits.
+_GREY_MODES = ("1", "L", "LA", "La")
+_DEEP_MODES = {"I": "32-bit integer", "F": "32-bit float", "I;16": "16-bit",
+               "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": "16-bit"}
+
+
+def _read_image_file(path):
+    """Pixels of an image file as an array, or a flag saying why it cannot be used."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in _DEEP_MODES:
+                return None, (f"bad_image: {_DEEP_MODES[mode]} values (mode {mode}); expected "
+                              "an 8-bit colour composite")
+            if mode in _GREY_MODES:
+                return None, "bad_image: grayscale (1 channel); expected a gri colour composite"
+            return np.asarray(im.convert("RGB"), dtype=np.uint8), ""
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ... for bad files
+        return None, f"unreadable_image: {exc}"
+
+
+def _to_uint8(arr):
+    """An (H, W, 3) array of numbers as uint8 0-255, or a flag saying why it cannot be."""
+    if arr.dtype.kind not in "uif":  # bool, complex, text, objects
+        return None, f"bad_image: {arr.dtype} values; expected numbers 0-255"
+    if arr.dtype == np.uint8:
+        return arr, ""
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int(arr.size - np.count_nonzero(finite))
+            return None, f"bad_image: not finite ({bad} of {arr.size} values NaN or inf)"
+        low, high = float(arr.min()), float(arr.max())
+        if high <= 1.0:  # a float image in 0-1
+            if low < -1.0 / 255:
+                return None, f"bad_image: values out of range ({low:.3g} to {high:.3g})"
+            return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), ""
+        if low < -1.0 or high > 256.0:
+            return None, (f"bad_image: values out of range ({low:.4g} to {high:.4g}); expected "
+                          "0-255 or 0-1")
+        return np.clip(arr, 0, 255).astype(np.uint8), ""
+    low, high = int(arr.min()), int(arr.max())
+    if high > 255 and arr.dtype.itemsize == 2:
+        return None, f"bad_image: 16-bit values (max {high} > 255); expected 8-bit 0-255"
+    if low < 0 or high > 255:
+        return None, f"bad_image: values out of range ({low} to {high}); expected 0-255"
+    return arr.astype(np.uint8), ""
+
+
+def _image_problem(arr):
+    """Why a uint8 (H, W, 3) image is unlike a gri cutout, or ``''`` (sizes are width x height)."""
+    height, width = arr.shape[:2]
+    if min(height, width) < _MIN_SIDE:
+        return f"bad_image: too small ({width}x{height} px < {_MIN_SIDE}x{_MIN_SIDE})"
+    if max(height, width) > _MAX_ASPECT * min(height, width):
+        return f"bad_image: not square ({width}x{height} px)"
+    if int(arr.max()) == int(arr.min()):
+        return f"bad_image: blank (every value {int(arr.max())})"
+    saturated = float(np.mean(np.all(arr == 255, axis=-1)))
+    if saturated > _MAX_SATURATED:
+        return f"bad_image: saturated ({saturated:.0%} of pixels at 255)"
+    std = float(arr.std())
+    if std < _MIN_STD:
+        return f"bad_image: blank (pixel standard deviation {std:.2f} < {_MIN_STD:g})"
+    spread = arr.max(axis=-1).astype(np.int16) - arr.min(axis=-1)
+    if int(spread.max()) <= _MAX_CHANNEL_SPREAD:
+        return "bad_image: grayscale (R = G = B); expected a gri colour composite"
+    return ""
+
+
 def _load_image(item, size):
-    """One image (path or array) as uint8 (size, size, 3); raises ValueError when unusable."""
+    """One image (path or array) as uint8 (size, size, 3), or None and a flag saying why not."""
     from PIL import Image
 
     if isinstance(item, (str, os.PathLike)):
-        with Image.open(item) as im:
-            im.load()
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        arr, flag = _read_image_file(item)
+        if arr is None:
+            return None, flag
     else:
-        arr = np.asarray(item)
-        if arr.ndim != 3 or arr.shape[-1] != 3:
-            msg = f"image arrays must have shape (H, W, 3), got {arr.shape}"
-            raise ValueError(msg)
-        if arr.dtype != np.uint8:
-            if np.issubdtype(arr.dtype, np.floating) and np.nanmax(arr) <= 1.0:
-                arr = np.clip(np.nan_to_num(arr) * 255.0 + 0.5, 0, 255)
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        try:
+            arr = np.asarray(item)
+        except (TypeError, ValueError) as exc:  # ragged nested lists
+            return None, f"bad_image: not an array ({exc})"
+        if arr.size == 0:
+            return None, f"bad_image: empty (shape {arr.shape})"
+        if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1):
+            return None, "bad_image: grayscale (1 channel); expected a gri colour composite"
+        if arr.ndim != 3:
+            return None, f"bad_image: not an image (shape {arr.shape}); expected (H, W, 3)"
+        if arr.shape[-1] != 3:
+            return None, f"bad_image: {arr.shape[-1]} channels; expected 3 (RGB, shape (H, W, 3))"
+        arr, flag = _to_uint8(arr)
+        if arr is None:
+            return None, flag
+    flag = _image_problem(arr)
+    if flag:
+        return None, flag
     if arr.shape[:2] != (size, size):
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR),
                          dtype=np.uint8)
-    return arr
+    return arr, ""
 
 
 def predict_metallicity_from_images(images, *, model=None, device=None, names=None):
@@ -221,7 +351,8 @@ def predict_metallicity_from_images(images, *, model=None, device=None, names=No
     ----------
     images : str, path-like, array or sequence of them
         JPEG/PNG file paths, a uint8 array ``(N, H, W, 3)`` or ``(H, W, 3)``,
-        or a list of paths/arrays.
+        or a list of paths/arrays. Arrays may also hold floats in 0-1 or
+        0-255, or integers in 0-255.
     model : str, path-like or `~astro_metallicity.MetallicityModel`, optional
         Default ``conf.model_path`` or the bundled model.
     device : str, optional
@@ -233,19 +364,45 @@ def predict_metallicity_from_images(images, *, model=None, device=None, names=No
     Returns
     -------
     result : `~astropy.table.QTable`
-        ``image`` plus the prediction columns of `predict_metallicity`;
-        unreadable images are flagged ``'unreadable_image: ...'`` and masked.
+        ``image`` plus the prediction columns of `predict_metallicity`. An
+        image that cannot be used is not predicted: its row is masked and
+        flagged ``'unreadable_image: ...'`` (not an image file) or
+        ``'bad_image: <why>'``, one of ``empty``, ``not finite``,
+        ``grayscale``, ``N channels``, ``16-bit values``, ``values out of
+        range``, ``too small`` (a side under 32 px), ``not square`` (sides
+        differing by more than 2 %), ``saturated`` (over 20 % of pixels at 255
+        in all channels), ``blank`` (pixel standard deviation under 2 counts;
+        real SDSS cutouts have 5 or more), with the numbers that failed (sizes
+        are width x height). A non-finite prediction is flagged
+        ``'model_failed: non-finite output'``.
+
+    Raises
+    ------
+    TypeError
+        If ``images`` is not a path, an array or a sequence.
+    ValueError
+        If an ``images`` array is neither one image ``(H, W, 3)`` nor a batch
+        ``(N, H, W, 3)``, or ``names`` does not give one name per image.
+
+    Notes
+    -----
+    These checks catch images that cannot be SDSS *gri* cutouts; an image that
+    passes them may still be unlike the training data (another survey, other
+    bands or stretch), which they cannot tell.
     """
-    model = _get_model(model, device)
     if isinstance(images, (str, os.PathLike)):
         items = [images]
     elif isinstance(images, np.ndarray):
-        if images.ndim == 3:
+        # A bare array is one image or a batch of them; any other shape is not a set of
+        # colour images as a whole, and guessing which axis is which would be wrong.
+        if images.ndim == 3 and images.shape[-1] == 3:
             items = [images]
-        elif images.ndim == 4:
+        elif images.ndim == 4 and images.shape[-1] == 3:
             items = list(images)
         else:
-            msg = f"images array must have shape (N, H, W, 3) or (H, W, 3), got {images.shape}"
+            msg = (f"images array must have shape (N, H, W, 3) or (H, W, 3) (RGB colour "
+                   f"composites), got {images.shape}; pass a list of arrays to have unusable "
+                   "images (grayscale, ...) flagged one by one")
             raise ValueError(msg)
     else:
         try:
@@ -261,14 +418,14 @@ def predict_metallicity_from_images(images, *, model=None, device=None, names=No
     elif len(names) != n:
         msg = f"names has {len(names)} entries for {n} images; give one name per image"
         raise ValueError(msg)
+    model = _get_model(model, device)
     size = model.cutout_size
     arrays = np.zeros((n, size, size, 3), dtype=np.uint8)
     flags = np.full(n, "", dtype=object)
     for k, item in enumerate(items):
-        try:
-            arrays[k] = _load_image(item, size)
-        except (OSError, ValueError) as exc:
-            flags[k] = f"unreadable_image: {exc}"
+        arr, flags[k] = _load_image(item, size)
+        if arr is not None:
+            arrays[k] = arr
     predictions = _run_model(model, arrays, flags == "")
     table = QTable({"image": np.asarray(names, dtype=str)})
     return build_result_table(table, flags.astype(str), predictions,

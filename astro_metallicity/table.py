@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 from astropy import units as u
-from astropy.table import QTable
+from astropy.table import MaskedColumn, QTable
 from astropy.utils.masked import Masked
 
 from . import __version__
@@ -28,6 +28,24 @@ _OUTPUT_UNITS = {
 
 # Columns the result adds to the input table (``log_mstar*`` only when the model predicts it).
 _RESULT_COLUMNS = ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err", "flag")
+
+# Flag of a row whose image was fine but whose prediction is NaN or infinite.
+MODEL_FAILED = "model_failed: non-finite output"
+
+
+def _flag_column(flags):
+    """The ``flag`` column: text that is never masked, and reads back as ``''`` from ECSV.
+
+    Readers of text and FITS tables take an empty string for a missing value,
+    so a plain column of flags comes back masked where it is ``''`` and
+    ``table["flag"] == ""`` selects nothing. An ECSV reader keeps empty strings
+    of a column stored as a `~astropy.table.MaskedColumn` with the
+    ``'data_mask'`` method, so the flags are such a column with nothing masked.
+    FITS and CSV readers cannot be told; see `build_result_table`.
+    """
+    column = MaskedColumn(np.asarray(flags, dtype=str), mask=np.zeros(len(flags), dtype=bool))
+    column.info.serialize_method["ecsv"] = "data_mask"
+    return column
 
 
 def _masked_column(values, mask, unit):
@@ -142,12 +160,25 @@ def build_result_table(table, flags, predictions, *, meta=None):
     result : `~astropy.table.QTable`
         The input columns, then ``metallicity`` (`~astropy.units.dex`),
         ``metallicity_err``, optionally ``log_mstar`` (dex(solMass)) and
-        ``log_mstar_err``, masked on flagged rows, and ``flag``.
+        ``log_mstar_err``, masked on flagged rows, and ``flag``. A row whose
+        flag was ``''`` but whose predictions are not all finite is flagged
+        ``'model_failed: non-finite output'`` and masked: a masked
+        prediction always has a flag.
 
     Raises
     ------
     ValueError
         If the input already has one of the result columns, or lengths disagree.
+
+    Notes
+    -----
+    ``flag`` is a `~astropy.table.MaskedColumn` of text with nothing masked,
+    so that it survives writing: after ``Table.read`` of an ECSV file,
+    ``t["flag"] == ""`` selects the rows with a prediction. FITS and CSV
+    readers turn every empty string into a masked value whatever the writer
+    does; there, fill the column first, ``t["flag"] = t["flag"].filled("")``,
+    or read a CSV file with ``Table.read(path, format="ascii.csv",
+    fill_exclude_names=["flag"])``.
     """
     result = QTable(table, copy=True)
     n = len(result)
@@ -161,16 +192,25 @@ def build_result_table(table, flags, predictions, *, meta=None):
         msg = (f"the targets table already has column(s) {clash}; rename or remove them "
                "before predicting (the result adds these columns)")
         raise ValueError(msg)
-    mask = flags != ""
-    for name in ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err"):
-        if name not in predictions:
-            continue
-        values = np.asarray(predictions[name], dtype=np.float64)
-        if values.shape != (n,):
-            msg = f"predictions[{name!r}] has shape {values.shape}, expected ({n},)"
+    names = [name for name in ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err")
+             if name in predictions]
+    values = {}
+    for name in names:
+        values[name] = np.asarray(predictions[name], dtype=np.float64)
+        if values[name].shape != (n,):
+            msg = f"predictions[{name!r}] has shape {values[name].shape}, expected ({n},)"
             raise ValueError(msg)
-        result[name] = _masked_column(values, mask | ~np.isfinite(values), _OUTPUT_UNITS[name])
-    result["flag"] = flags
+    # A NaN or inf from the network on an unflagged row is a failure of the model, and a
+    # masked value must say why: flag the row and mask all its predictions.
+    finite = np.ones(n, dtype=bool)
+    for name in names:
+        finite &= np.isfinite(values[name])
+    flags = flags.astype(object)
+    flags[(flags == "") & ~finite] = MODEL_FAILED
+    mask = flags != ""
+    for name in names:
+        result[name] = _masked_column(values[name], mask, _OUTPUT_UNITS[name])
+    result["flag"] = _flag_column(flags.astype(str))
     if meta:
         result.meta.update(meta)
     return result

@@ -7,6 +7,8 @@ coordinate columns) raises at once with a message naming the fix; bad
 carried through, so one bad row never stops a table.
 """
 
+import warnings
+
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import Angle, SkyCoord
@@ -88,7 +90,16 @@ def _find_coord_columns(table):
 
 
 def _column_to_degrees(col, name, is_ra=False):
-    """Convert a column (plain, Quantity, masked) to float degrees with NaN for missing."""
+    """Convert a column (plain, Quantity, masked) to float degrees with NaN for missing.
+
+    Returns
+    -------
+    values : `~numpy.ndarray`
+        Degrees, NaN where missing or unusable.
+    reasons : `~numpy.ndarray` of object
+        ``''``, or why a value is unusable (``'masked'``, ``'cannot parse ra "x"'``, ...).
+    """
+    reasons = np.full(len(col), "", dtype=object)
     mask = np.zeros(len(col), dtype=bool)
     if hasattr(col, "mask") and col.mask is not None:
         mask = np.asarray(np.ma.getmaskarray(col.mask) if np.ma.isMaskedArray(col.mask)
@@ -100,12 +111,15 @@ def _column_to_degrees(col, name, is_ra=False):
             msg = (f"column {name!r} has unit {unit}, which is not an angle; "
                    "give it an angular unit (e.g. u.deg) or plain numbers in degrees")
             raise u.UnitsError(msg)
-        values = u.Quantity(col, copy=False).to_value(u.deg) if isinstance(col, u.Quantity) \
+        data = getattr(col, "unmasked", col)  # a Masked Quantity: values under the mask
+        values = u.Quantity(data, copy=False).to_value(u.deg) if isinstance(data, u.Quantity) \
             else (np.ma.getdata(col).astype(float) * unit).to_value(u.deg)
     else:
-        data = np.ma.getdata(col)
+        data = np.ma.getdata(getattr(col, "unmasked", col))
         if data.dtype.kind in "US" or data.dtype.kind == "O":
-            values = np.array([_parse_angle(v, is_ra) for v in data], dtype=float)
+            parsed = [_parse_angle(v, is_ra) for v in data]
+            values = np.array([value for value, _ in parsed], dtype=float)
+            reasons[:] = [reason for _, reason in parsed]
         elif data.dtype.kind in "fiub":
             values = np.asarray(data, dtype=float)
         else:
@@ -114,34 +128,89 @@ def _column_to_degrees(col, name, is_ra=False):
             raise TypeError(msg)
     values = np.array(np.ma.getdata(values), dtype=float, copy=True)
     values[mask] = np.nan
-    return values
+    reasons[mask] = "masked"
+    return values, reasons
 
 
 def _parse_angle(value, is_ra):
-    """Degrees from a number or a sexagesimal string ('10:21:03.5', '10h21m03.5s', '-1d02m')."""
+    """Degrees from a number or an angle string, and why not when it cannot be read.
+
+    Right ascension strings in sexagesimal notation are hours, whatever the
+    number of fields: ``'12:19'``, ``'12:19:00'``, ``'12 19 00'`` and
+    ``'12h19m'`` all mean 12h19m (184.75 deg), as with
+    ``SkyCoord(..., unit=(u.hourangle, u.deg))``. A plain number (``'184.75'``)
+    is degrees, and so is a string with an explicit degree unit
+    (``'184d45m'``). Declination strings are always degrees; one given in
+    hours is refused.
+
+    Returns
+    -------
+    degrees : float
+        NaN when the value is empty or unusable.
+    reason : str
+        ``''``, ``'missing'`` for an empty string, else why the string is unusable.
+    """
     try:
-        return float(value)
+        return float(value), ""
     except (TypeError, ValueError):
         pass
     text = str(value).strip()
     if not text:
-        return np.nan
-    sexagesimal_ra = is_ra and ("h" in text.lower() or text.count(":") == 2 or text.count(" ") == 2)
+        return np.nan, "missing"
+    axis = "ra" if is_ra else "dec"
+    lower = text.lower()
+    explicit_degrees = "d" in lower or "°" in lower
+    hours = "h" in lower
+    if not is_ra and hours:
+        return np.nan, f"dec {text!r} is in hours; give declination in degrees"
+    if hours and explicit_degrees:
+        return np.nan, f"cannot parse {axis} {text!r} (mixes hours and degrees)"
+    # Sexagesimal RA without a unit letter ('12:19', '12 19 00') is hours, with two fields as
+    # with three: reading '12:19' as degrees and '12:19:00' as hours would differ by 15x.
+    unit = u.hourangle if is_ra and not explicit_degrees else u.deg
     try:
-        angle = Angle(text, unit=u.hourangle if sexagesimal_ra else u.deg)
-    except (TypeError, ValueError, u.UnitsError):
-        return np.nan
-    return float(angle.to_value(u.deg))
+        # Out-of-range seconds ('12:19:60') only warn in astropy; an input that needs a fix-up
+        # is ambiguous, so the warning is turned into a flag.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            angle = Angle(text, unit=unit)
+    except (TypeError, ValueError, u.UnitsError, Warning) as exc:
+        return np.nan, f"cannot parse {axis} {text!r} ({_first_line(exc)})"
+    return float(angle.to_value(u.deg)), ""
 
 
-def _flags_from_radec(ra, dec):
+def _first_line(exc):
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _flags_from_radec(ra, dec, reasons=None):
     flags = np.full(len(ra), "", dtype=object)
     bad_nan = ~np.isfinite(ra) | ~np.isfinite(dec)
     with np.errstate(invalid="ignore"):
         bad_range = ~bad_nan & ((dec < -90) | (dec > 90) | (ra < -180) | (ra > 360))
     flags[bad_nan] = "bad_coordinates: missing or not finite"
     flags[bad_range] = "bad_coordinates: out of range"
+    # A known reason (masked, unparseable string) is more precise than "missing"; with
+    # reasons for both, the right ascension's (given first) is kept.
+    for why in reversed(reasons or ()):
+        known = bad_nan & (why != "") & (why != "missing")
+        flags[known] = np.array([f"bad_coordinates: {w}" for w in why[known]], dtype=object)
     return flags
+
+
+def _skycoord_radec(coords):
+    """ICRS ra, dec in degrees and the mask of a (possibly masked) SkyCoord array."""
+    icrs = coords.icrs
+    mask = np.zeros(icrs.shape, dtype=bool)
+    for angle in (icrs.ra, icrs.dec):
+        # A SkyCoord built from Masked values keeps the hidden values under the mask.
+        mask |= np.asarray(getattr(angle, "mask", False), dtype=bool)
+    ra = np.array(getattr(icrs.ra, "unmasked", icrs.ra).deg, dtype=float)
+    dec = np.array(getattr(icrs.dec, "unmasked", icrs.dec).deg, dtype=float)
+    ra[mask] = np.nan
+    dec[mask] = np.nan
+    reasons = np.where(mask, "masked", "").astype(object)
+    return ra, dec, reasons
 
 
 def resolve_targets(targets):
@@ -156,16 +225,25 @@ def resolve_targets(targets):
         ``ra_deg``/``dec_deg``, ``RAJ2000``/``DEJ2000``, ``RA_ICRS``/``DE_ICRS``,
         ``_RAJ2000``/``_DEJ2000``, ``alpha``/``delta`` and ``PLUG_RA``/``PLUG_DEC``.
         Plain numbers are taken as degrees; Quantity columns may carry any
-        angular unit; text columns may hold numbers or sexagesimal strings
-        (right ascension in hours, ``'10:21:03.5'``, ``'10h21m03.5s'``;
-        declination in degrees). Coordinates are treated as ICRS.
+        angular unit; text columns may hold numbers or angle strings.
+        A sexagesimal right ascension is always in hours, with two or three
+        fields alike: ``'12:19'``, ``'12:19:00'``, ``'12 19 00'`` and
+        ``'12h19m'`` all mean 184.75 deg (as
+        ``SkyCoord(ra, dec, unit=(u.hourangle, u.deg))`` reads them); a plain
+        number (``'184.75'``) or a string with a degree unit (``'184d45m'``)
+        is degrees. Declination strings are degrees. Coordinates are treated
+        as ICRS.
 
     Returns
     -------
     resolved : `ResolvedTargets`
         ``table`` (a `~astropy.table.QTable` copy of the input), ``coords``
         (ICRS SkyCoord array, placeholders on bad rows) and ``flags``
-        (``''`` for usable rows, ``'bad_coordinates: ...'`` otherwise).
+        (``''`` for usable rows, ``'bad_coordinates: ...'`` otherwise:
+        ``'missing or not finite'``, ``'out of range'``, ``'masked'`` for a
+        masked table entry or a masked SkyCoord, ``'cannot parse ra ...'``
+        for a string that is not an angle, such as ``'12:75'``, or whose
+        reading would need a fix-up, such as ``'12:19:60'``).
 
     Raises
     ------
@@ -181,9 +259,8 @@ def resolve_targets(targets):
         if coords.ndim != 1:
             msg = f"targets must be a scalar or 1-D SkyCoord, got shape {coords.shape}; use .ravel()"
             raise ValueError(msg)
-        icrs = coords.icrs
-        ra = np.array(icrs.ra.deg, dtype=float)
-        dec = np.array(icrs.dec.deg, dtype=float)
+        ra, dec, reasons = _skycoord_radec(coords)
+        reasons = [reasons]
         table = QTable({"coord": coords})
     elif isinstance(targets, Table):
         table = QTable(targets, copy=True)
@@ -196,18 +273,18 @@ def resolve_targets(targets):
             raise ValueError(msg)
         kind, names = found
         if kind == "skycoord":
-            icrs = table[names].icrs
-            ra = np.array(icrs.ra.deg, dtype=float)
-            dec = np.array(icrs.dec.deg, dtype=float)
+            ra, dec, reasons = _skycoord_radec(table[names])
+            reasons = [reasons]
         else:
-            ra = _column_to_degrees(table[names[0]], names[0], is_ra=True)
-            dec = _column_to_degrees(table[names[1]], names[1])
+            ra, ra_why = _column_to_degrees(table[names[0]], names[0], is_ra=True)
+            dec, dec_why = _column_to_degrees(table[names[1]], names[1])
+            reasons = [ra_why, dec_why]
     else:
         msg = (f"targets must be an astropy SkyCoord or Table/QTable, got {type(targets).__name__}; "
                "e.g. SkyCoord(ra, dec, unit='deg') or Table({'ra': ra, 'dec': dec})")
         raise TypeError(msg)
 
-    flags = _flags_from_radec(ra, dec)
+    flags = _flags_from_radec(ra, dec, reasons)
     good = flags == ""
     ra_ok = np.where(good, np.mod(ra, 360.0), _PLACEHOLDER[0])
     dec_ok = np.where(good, dec, _PLACEHOLDER[1])

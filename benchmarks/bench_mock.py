@@ -1,6 +1,6 @@
 """Benchmark of the mock SDSS (astro_metallicity.mock).
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_mock.py [--galaxies 10000] [--cutouts 400]``
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_mock.py [--galaxies 10000] [--cutouts 400] [--appearance sdss]``
 
 Prints: start-up time of a sky, single-band frame render time, compressed frame
 file time, ImgCutout getjpeg throughput through HTTP with frames cached (1 and
@@ -76,6 +76,8 @@ def main(argv=None):
     parser.add_argument("--galaxies", type=int, default=10000)
     parser.add_argument("--cutouts", type=int, default=400, help="cutouts for the cold run")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--appearance", default="classic", choices=("classic", "sdss"),
+                        help="appearance preset of the simulated sky (default classic)")
     parser.add_argument("--positions", type=int, default=500, help="positions of the CrossID query")
     parser.add_argument("--sql-only", action="store_true", help="time the SQL side only")
     args = parser.parse_args(argv)
@@ -84,7 +86,7 @@ def main(argv=None):
 
     print(f"mock SDSS benchmark: {args.galaxies} galaxies, seed {args.seed}")
     t0 = time.perf_counter()
-    sky = MockSky(args.galaxies, args.seed)
+    sky = MockSky(args.galaxies, args.seed, appearance=args.appearance)
     t_start = time.perf_counter() - t0
     nfield = len(sky.footprint)
     print(f"  sky start (catalogue + footprint): {t_start:6.2f} s  "

@@ -12,8 +12,11 @@ apart; 1.0 means it always can.
 
 Real: the 400 SDSS DR14 ImgCutout JPEGs of ``../shared/data/sdss-gri-jpeg-400``
 (``--real``, or ``$ASTRO_METALLICITY_SHARED_DATA``). Simulated: ``--n-sim``
-galaxies of a `astro_metallicity.mock.MockSky` with ``--seed`` (default 7001, a
-seed not used to tune the simulation), drawn like the real ones: galaxies of the
+galaxies of a `astro_metallicity.mock.MockSky` with ``--seed`` (default 7002, a
+seed not used to tune the simulation; 7001 and 7003 were used to tune the
+``"sdss"`` appearance) and ``--appearance`` (default ``"sdss"``, the realistic
+preset; ``"classic"`` is the sky the bundled model was trained on), drawn like
+the real ones from a pool of 8 x ``--n-sim`` galaxies: galaxies of the
 simulated spectroscopic sample passing the paper's catalogue cuts with a valid
 ``oh_p50``, re-weighted so their ``oh_p50`` histogram follows the real labels,
 cut out at scale = 2 * petroR90_r / (0.396 * 128) arcsec/px, 128 x 128, through
@@ -163,12 +166,12 @@ def off_survey(img, thresh=2):
     return bool(rows.any() or cols.any())
 
 
-def load_sim(n, seed, oh_real, pool_factor=4):
+def load_sim(n, seed, oh_real, pool_factor=8, appearance="sdss"):
     """Simulated cutouts drawn like the real ones (see the module docstring)."""
     from astro_metallicity.mock import MockSky
 
     n_pool = max(int(pool_factor * n), 200)
-    sky = MockSky(n_galaxies=n_pool, seed=seed)
+    sky = MockSky(n_galaxies=n_pool, seed=seed, appearance=appearance)
     cat = sky.catalog
 
     def col(name):
@@ -194,7 +197,7 @@ def load_sim(n, seed, oh_real, pool_factor=4):
     if len(images) < n:
         msg = f"only {len(images)} usable simulated galaxies out of {n_pool}; lower --n-sim"
         raise RuntimeError(msg)
-    info = {"pool": n_pool, "spectroscopic_sample": int(len(sample)),
+    info = {"pool": n_pool, "appearance": appearance, "spectroscopic_sample": int(len(sample)),
             "rejected_off_survey": rejected, "jpeg": jpeg_info(first)}
     return np.stack(images), oh[chosen], [int(cat["objid"][j]) for j in chosen], info
 
@@ -485,8 +488,11 @@ def main(argv=None):
                         help="real JPEGs: the shared data folder, sdss-gri-jpeg-400 or its images/ "
                              "(default $ASTRO_METALLICITY_SHARED_DATA or ../shared/data)")
     parser.add_argument("--n-sim", type=int, default=400, help="simulated galaxies (default 400)")
-    parser.add_argument("--seed", type=int, default=7001,
-                        help="MockSky seed (default 7001, not used to tune the simulation)")
+    parser.add_argument("--seed", type=int, default=7002,
+                        help="MockSky seed (default 7002, not used to tune the simulation)")
+    parser.add_argument("--appearance", default="sdss", choices=("sdss", "classic"),
+                        help="appearance preset of the simulated sky (default sdss; classic is the "
+                             "sky the bundled model was trained on)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1; on a busy 2-core machine 1 is faster)")
@@ -516,9 +522,10 @@ def main(argv=None):
     log(f"real: {len(real)} cutouts from {folder} (JPEG quality ~{real_jpeg['quality']}, "
         f"{real_jpeg['subsampling']})")
     t0 = time.perf_counter()
-    sim, oh_sim, sim_ids, sim_info = load_sim(args.n_sim, args.seed, oh_real)
+    sim, oh_sim, sim_ids, sim_info = load_sim(args.n_sim, args.seed, oh_real, appearance=args.appearance)
     timings["simulate_s"] = time.perf_counter() - t0
-    log(f"simulated: {len(sim)} cutouts from MockSky(seed={args.seed}, n_galaxies={sim_info['pool']}), "
+    log(f"simulated: {len(sim)} cutouts from MockSky(seed={args.seed}, n_galaxies={sim_info['pool']}, "
+        f"appearance={args.appearance!r}), "
         f"{sim_info['spectroscopic_sample']} in the spectroscopic sample, "
         f"{sim_info['rejected_off_survey']} rejected off the survey edge "
         f"(JPEG quality ~{sim_info['jpeg']['quality']}, {sim_info['jpeg']['subsampling']}); "
@@ -586,6 +593,7 @@ def main(argv=None):
     result = {
         "cnn": cnn, "statistics": stats, "statistics_groups": groups, "ranked_statistics": table,
         "n_real": int(len(real)), "n_sim": int(len(sim)), "sky_seed": args.seed,
+        "appearance": args.appearance,
         "cv_seed": args.cv_seed, "epochs": args.epochs, "quick": args.quick, "threads": args.threads,
         "labels": {k: {"median": float(np.median(v)), "mean": float(v.mean()), "std": float(v.std())}
                    for k, v in lab.items()},

@@ -315,7 +315,7 @@ def test_field_lookup_through_pyvo_tap(sdss):
     from astropy.io.votable import from_table
     from astropy.table import Table
 
-    from astro_metallicity.mock.sql import execute_sql
+    from astro_metallicity.mock._sql import execute_sql
 
     queries, fail = [], {"left": 1}
 

@@ -7,7 +7,7 @@ import pytest
 from astropy.coordinates import SkyCoord
 
 from astro_metallicity.mock import MockSDSS, MockSky
-from astro_metallicity.mock.sql import SkyServerError, execute_sql, table_to_csv
+from astro_metallicity.mock._sql import SkyServerError, execute_sql, table_to_csv
 
 
 @pytest.fixture(scope="module")

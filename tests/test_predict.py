@@ -167,3 +167,52 @@ def test_long_tables_run_in_chunks_with_identical_results(sdss, model, monkeypat
     np.testing.assert_array_equal(m1, m2)
     np.testing.assert_allclose(z2[~m2], z1[~m1], rtol=1e-6)
     assert cutouts.images[:5].any(axis=(1, 2, 3)).all()
+
+
+def test_scale_of_the_wrong_length_raises_value_error(sdss, model):
+    coords = SkyCoord(sdss.catalog["ra"][:3], sdss.catalog["dec"][:3])
+    with pytest.raises(ValueError, match=r"scale has shape \(2,\) for 3 targets; give one scale "
+                                         r"or one per target \(shape \(3,\)\)"):
+        predict_metallicity(coords, source="jpeg", model=model, scale=[0.3, 0.4] * u.arcsec / u.pix)
+    with pytest.raises(ValueError, match=r"scale has shape \(3, 1\) for 3 targets"):
+        predict_metallicity(coords, source="jpeg", model=model,
+                            scale=np.full((3, 1), 0.3) * u.arcsec / u.pix)
+    per_target = predict_metallicity(coords, source="jpeg", model=model,
+                                     scale=[0.3, 0.35, 0.4] * u.arcsec / u.pix)
+    assert list(per_target["flag"]) == ["", "", ""]
+    assert per_target.meta["astro_metallicity"]["pixel_scale"] == "per target"
+
+
+def test_default_source_follows_the_model_metadata(sdss, pipeline_model):
+    """source=None: the model's recorded training source, else conf.cutout_source."""
+    bad_row = Table({"ra": [np.nan], "dec": [0.0]})  # no download needed to see the choice
+
+    def used(model, **kwargs):
+        result = predict_metallicity(bad_row, model=model, **kwargs)
+        return result.meta["astro_metallicity"]["cutout_source"]
+
+    model = load_model(pipeline_model, device="cpu")
+    assert "cutout_source" not in model.metadata
+    assert used(model) == conf.cutout_source == "frames"
+    with conf.set_temp("cutout_source", "jpeg"):
+        assert used(model) == "jpeg"
+    model.metadata["cutout_source"] = "jpeg"
+    assert used(model) == "jpeg"
+    assert used(model, source="frames") == "frames"  # an explicit argument wins
+    coords = SkyCoord(sdss.catalog["ra"][:1], sdss.catalog["dec"][:1])
+    assert predict_metallicity(coords, model=model)["flag"].tolist() == [""]
+
+
+def test_non_finite_model_output_is_flagged_in_the_pipeline(sdss, model, monkeypatch):
+    from astro_metallicity.model import MetallicityModel
+
+    def nan_model(self, images, **kwargs):
+        return {key: np.full(len(images), np.nan) for key in
+                ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err")}
+
+    monkeypatch.setattr(MetallicityModel, "predict", nan_model)
+    table, _ = _targets_table(sdss, n=2)
+    result = predict_metallicity(table, source="jpeg", model=model)
+    assert list(result["flag"]) == ["model_failed: non-finite output"] * 2 + [
+        "bad_coordinates: missing or not finite", "outside_footprint"]
+    assert bool(np.all(result["metallicity"].mask))

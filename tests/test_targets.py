@@ -105,3 +105,40 @@ def test_input_table_is_not_modified():
     resolve_targets(t)
     assert t.colnames == ["ra", "dec"]
     assert np.isnan(t["ra"][1])
+
+
+def test_masked_skycoord_entries_are_flagged_not_predicted_at_hidden_position():
+    from astropy.utils.masked import Masked
+
+    ra = Masked([10.0, 20.0, 30.0] * u.deg, mask=[False, True, False])
+    dec = Masked([1.0, 2.0, 3.0] * u.deg, mask=[False, False, True])
+    coords = SkyCoord(ra, dec)
+    for targets in (coords, QTable({"pos": coords}), QTable({"ra": ra, "dec": dec})):
+        res = resolve_targets(targets)
+        assert list(res.flags) == ["", "bad_coordinates: masked", "bad_coordinates: masked"]
+        assert res.coords[0].ra.deg == pytest.approx(10.0)
+        # the hidden values (20, 2) and (30, 3) are never used as positions
+        np.testing.assert_allclose(res.coords.ra.deg[1:], 0.0)
+
+
+def test_sexagesimal_ra_strings_are_hours_whatever_the_number_of_fields():
+    ra = ["12:19", "12:19:00", "12 19", "12 19 00.0", "12h19m", "12h19m00s", "184.75", "184d45m"]
+    res = resolve_targets(Table({"ra": ra, "dec": ["+01:30"] * len(ra)}))
+    assert res.good.all()
+    np.testing.assert_allclose(res.coords.ra.deg, 184.75)
+    np.testing.assert_allclose(res.coords.dec.deg, 1.5)
+
+
+def test_unusable_angle_strings_are_flagged_with_the_reason():
+    res = resolve_targets(Table({"ra": ["12:75", "12:19:60", "1:2:3:4", "12h19d", "oops", "",
+                                        "10.0"],
+                                 "dec": ["0"] * 6 + ["1h"]}))
+    flags = list(res.flags)
+    assert flags[0].startswith("bad_coordinates: cannot parse ra '12:75' (An invalid value for "
+                               "'minute'")
+    assert flags[1].startswith("bad_coordinates: cannot parse ra '12:19:60' ('second' was found")
+    assert flags[2].startswith("bad_coordinates: cannot parse ra '1:2:3:4' (syntax error")
+    assert flags[3] == "bad_coordinates: cannot parse ra '12h19d' (mixes hours and degrees)"
+    assert flags[4].startswith("bad_coordinates: cannot parse ra 'oops'")
+    assert flags[5] == "bad_coordinates: missing or not finite"
+    assert flags[6] == "bad_coordinates: dec '1h' is in hours; give declination in degrees"

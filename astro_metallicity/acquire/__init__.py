@@ -142,6 +142,14 @@ def fetch_cutouts(coords, *, source=None, scale="adaptive", size=128, stretch=No
         If ``coords`` is not a `~astropy.coordinates.SkyCoord`.
     ValueError
         If ``source``, ``scale`` or ``size`` is invalid.
+    KeyboardInterrupt
+        On Ctrl-C, at once: the downloads still queued are cancelled, and the
+        files already downloaded stay in the cache for the next call.
+
+    Notes
+    -----
+    A cache directory (``conf.cache_dir``) that cannot be written does not
+    fail any target: the downloads are used from memory, with one warning.
     """
     if not isinstance(coords, SkyCoord):
         msg = (f"coords must be an astropy SkyCoord, got {type(coords).__name__}; for a table "

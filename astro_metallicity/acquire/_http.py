@@ -13,7 +13,13 @@ sky never mixes with real SDSS::
 
 Files are written to a temporary name and renamed when complete and valid,
 so an interrupted run never leaves a partial file; a cached file that does
-not validate (truncated, corrupted) is deleted and fetched again.
+not validate (truncated, corrupted) is deleted and fetched again. A cache
+that cannot be written (read-only, full, a path through a regular file) is
+skipped with one warning: the files are then used from memory only.
+
+``conf.timeout`` bounds each request as a whole, not just each socket read:
+`get` streams the body and gives up once the request has run for
+``conf.timeout`` seconds, so a server that trickles bytes cannot hold a worker.
 """
 
 import os
@@ -22,11 +28,13 @@ import tempfile
 import threading
 import time
 from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from astropy.config import get_cache_dir
 from astroquery.sdss import conf as astroquery_sdss_conf
 
@@ -35,8 +43,8 @@ from .._config import conf
 from ..logger import log
 
 __all__ = ["FetchError", "SdssUrls", "astroquery_sdss", "cache_dir", "cached_download", "get",
-           "raise_for_status", "sdss_urls", "server_dir", "session", "transient_status",
-           "with_retries"]
+           "raise_for_status", "sdss_urls", "server_dir", "session", "thread_pool",
+           "transient_status", "with_retries"]
 
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -187,6 +195,7 @@ def raise_for_status(status, what="HTTP"):
 
 
 _thread_local = threading.local()
+_worker = threading.local()  # .cancelled: the Event of the thread_pool running this thread's task
 
 
 def session():
@@ -228,6 +237,7 @@ def with_retries(func, what):
     backoff = float(conf.retry_backoff)
     last = "unknown error"
     for attempt in range(retries + 1):
+        _raise_if_cancelled()
         try:
             return func()
         except _Retryable as exc:
@@ -240,13 +250,83 @@ def with_retries(func, what):
         if attempt < retries:
             wait = backoff * 2 ** attempt * (1.0 + 0.25 * random.random())
             log.debug(f"{what}: {last}; retry {attempt + 1}/{retries} in {wait:.2f} s")
-            time.sleep(wait)
+            cancelled = getattr(_worker, "cancelled", None)
+            if cancelled is None:
+                time.sleep(wait)
+            else:
+                cancelled.wait(wait)  # wakes at once when the run is interrupted
     msg = f"{last} after {retries + 1} attempts"
     raise FetchError(msg)
 
 
+def _raise_if_cancelled():
+    """Stop the task of this worker thread if its `thread_pool` was interrupted."""
+    cancelled = getattr(_worker, "cancelled", None)
+    if cancelled is not None and cancelled.is_set():
+        raise FetchError("cancelled")
+
+
+class _CancellablePool:
+    """`~concurrent.futures.ThreadPoolExecutor` whose tasks can see that the run was interrupted."""
+
+    def __init__(self, max_workers):
+        self._pool = ThreadPoolExecutor(max_workers)
+        self.cancelled = threading.Event()
+
+    def submit(self, func, *args):
+        return self._pool.submit(self._run, func, args)
+
+    def _run(self, func, args):
+        _worker.cancelled = self.cancelled
+        try:
+            return func(*args)
+        finally:
+            _worker.cancelled = None
+
+    def shutdown(self, *, cancel):
+        if cancel:
+            self.cancelled.set()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            self._pool.shutdown(wait=True)
+
+
+@contextmanager
+def thread_pool():
+    """Threads for concurrent downloads (``conf.max_workers``), stopped at once on an interrupt.
+
+    A `~concurrent.futures.ThreadPoolExecutor` used as a context manager waits
+    for every queued task when its block raises, so a Ctrl-C in a chunk of
+    2,048 targets would wait for all their downloads. When the block raises
+    anything (`KeyboardInterrupt` included), this one cancels the queued
+    tasks and returns without waiting; tasks already running stop at their
+    next retry or body read (``FetchError('cancelled')``). Files are written
+    to the cache atomically, so what was downloaded stays valid and a rerun
+    resumes from it.
+
+    Yields
+    ------
+    pool
+        Has ``submit(func, *args)``, returning a `~concurrent.futures.Future`.
+    """
+    pool = _CancellablePool(max(1, int(conf.max_workers)))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(cancel=True)
+        raise
+    pool.shutdown(cancel=False)
+
+
 def get(url, params=None):
-    """GET with the status and length checks.
+    """GET with the status and length checks, within ``conf.timeout`` for the whole request.
+
+    ``conf.timeout`` is the socket timeout (a silent server is abandoned after
+    that long) and also the deadline of the request as a whole: the body is
+    read as it arrives and the request is abandoned once it has run
+    ``conf.timeout`` seconds, so a server that trickles bytes cannot hold a
+    download (and a worker) indefinitely. (Until the headers of the answer
+    are in, only the socket timeout applies.)
 
     Parameters
     ----------
@@ -261,14 +341,16 @@ def get(url, params=None):
     Raises
     ------
     _Retryable
-        For a transient status or a truncated body.
+        For a transient status, a truncated body or a request past its deadline.
     FetchError
-        For a permanent HTTP error.
+        For a permanent HTTP error, or when the run was interrupted (``'cancelled'``).
     """
-    response = session().get(url, params=params, timeout=float(conf.timeout))
+    timeout = float(conf.timeout)
+    deadline = time.monotonic() + timeout
+    response = session().get(url, params=params, timeout=timeout, stream=True)
     try:
         raise_for_status(response.status_code)
-        content = response.content
+        content = _read_body(response.raw, deadline, timeout)
         expected = response.headers.get("Content-Length")
         encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
         if (not encoded and expected is not None and expected.isdigit()
@@ -278,6 +360,32 @@ def get(url, params=None):
         return content
     finally:
         response.close()
+
+
+_READ_SIZE = 1 << 16
+
+
+def _read_body(raw, deadline, timeout):
+    """The decoded body of a streamed `urllib3.response.HTTPResponse`, read until ``deadline``."""
+    # read1 returns what has arrived (urllib3 >= 2.3); read(n) waits for n bytes, so with
+    # an older urllib3 the deadline is checked less often on a trickling server
+    read = getattr(raw, "read1", None) or raw.read
+    parts = []
+    try:
+        while True:
+            _raise_if_cancelled()
+            if time.monotonic() > deadline:
+                msg = f"timeout (no complete answer within {timeout:g} s)"
+                raise _Retryable(msg)
+            part = read(_READ_SIZE, decode_content=True)
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+    except urllib3.exceptions.ReadTimeoutError:
+        raise _Retryable("timeout") from None
+    except urllib3.exceptions.HTTPError as exc:  # broken or incomplete body, bad encoding
+        msg = f"connection error ({type(exc).__name__})"
+        raise _Retryable(msg) from exc
 
 
 # --------------------------------------------------------------------------- disk cache
@@ -354,12 +462,63 @@ def _atomic_write(path, content):
         raise
 
 
+# cache roots where a write failed and the user was warned (guarded by _locks_guard)
+_unwritable = set()
+
+
+def _store(path, content):
+    """Write a downloaded file to the cache; an unwritable cache is skipped with one warning.
+
+    Downloads are kept in memory by the caller, so a cache that cannot be
+    written (read-only, full, below a regular file) costs only the re-use of
+    files, never the download itself. The warning is given once per cache
+    directory, until a write there succeeds again.
+    """
+    root = str(cache_dir())
+    try:
+        _atomic_write(path, content)
+    except OSError as exc:
+        with _locks_guard:
+            first = root not in _unwritable
+            _unwritable.add(root)
+        if first:
+            log.warning(f"cannot write the download cache {root} ({type(exc).__name__}: {exc}); "
+                        "going on without it: downloads are kept in memory only and will be "
+                        "fetched again next time. Set conf.cache_dir to a writable directory.")
+        return
+    if root in _unwritable:
+        with _locks_guard:
+            _unwritable.discard(root)
+
+
+def _read_cached(path, parse):
+    """``(True, parse(bytes))`` of a valid cached file, else ``(False, None)``."""
+    try:
+        if not path.is_file():
+            return False, None
+        content = path.read_bytes()
+    except OSError as exc:  # unreadable cache: a miss, not a failed target
+        log.debug(f"cannot read cached {path.name} ({exc}); fetching it")
+        return False, None
+    try:
+        return True, parse(content)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
+        log.warning(f"cached {path.name} is invalid ({exc}); fetching it again")
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only cache: the fresh download is then kept in memory only
+        return False, None
+
+
 def cached_download(path, url, params, parse, what):
     """``parse(bytes)`` of a cached or freshly downloaded file.
 
     A cached file that fails ``parse`` is deleted and fetched again. A
     download that fails ``parse`` (truncated, corrupted) is retried; only
-    one that parses is written, atomically, to ``path``.
+    one that parses is written, atomically, to ``path``. When the cache
+    cannot be written the download is used all the same, with one warning
+    per cache directory.
 
     Parameters
     ----------
@@ -384,12 +543,9 @@ def cached_download(path, url, params, parse, what):
         If no valid file could be downloaded.
     """
     with _lock_for(str(path)):
-        if path.is_file():
-            try:
-                return parse(path.read_bytes())
-            except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
-                log.warning(f"cached {path.name} is invalid ({exc}); fetching it again")
-                path.unlink(missing_ok=True)
+        found, value = _read_cached(path, parse)
+        if found:
+            return value
 
         def attempt():
             content = get(url, params)
@@ -400,7 +556,7 @@ def cached_download(path, url, params, parse, what):
             except Exception as exc:
                 msg = f"invalid file ({type(exc).__name__}: {exc})"
                 raise _Retryable(msg) from exc
-            _atomic_write(path, content)
+            _store(path, content)
             return value
 
         return with_retries(attempt, what)

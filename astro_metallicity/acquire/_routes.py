@@ -3,19 +3,20 @@
 Both fetch with bounded concurrency (``conf.max_workers``) and turn the
 failure of a single target into a flag (``'outside_footprint'``,
 ``'partial_coverage'``, ``'fetch_failed: <reason>'``), never an exception
-in the middle of a table.
+in the middle of a table. A Ctrl-C (`KeyboardInterrupt`) is the exception:
+it cancels the queued targets and propagates at once.
 """
 
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 
 import numpy as np
 from astropy import units as u
 from astropy.utils.console import ProgressBar
 
-from .._config import conf
 from ..logger import log
 from ..preprocess import make_cutout
 from ._fields import frames_for_target, group_targets, half_width_deg, ra_interval
+from ._http import thread_pool
 from ._sdss import fetch_jpeg, flag_from_error, query_fields
 
 __all__ = ["fetch_frame_cutouts", "fetch_jpeg_cutouts"]
@@ -31,9 +32,12 @@ def _run_all(work, indices, progress, store):
     """``store(i, work(i))`` for each index, on ``conf.max_workers`` threads.
 
     A failing target gets ``store(i, exc)`` (an exception instance) instead.
+    A `KeyboardInterrupt` (or any other exception that is not a target's
+    failure) cancels the targets still queued and is raised at once, without
+    waiting for them; downloads already complete stay in the cache.
     """
     bar = _progress_bar(len(indices), progress)
-    with ThreadPoolExecutor(max(1, int(conf.max_workers))) as pool:
+    with thread_pool() as pool:
         futures = {pool.submit(work, i): i for i in indices}
         for future in as_completed(futures):
             i = futures[future]

@@ -11,7 +11,6 @@ import bz2
 import functools
 import io
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyvo
@@ -32,6 +31,7 @@ from ._http import (
     sdss_urls,
     server_dir,
     session,
+    thread_pool,
     transient_status,
     with_retries,
 )
@@ -233,7 +233,7 @@ def lookup_petro_r90(coords, *, radius=None):
         return _astroquery_table(lambda: request(sub), "cross-id")
 
     starts = range(0, n, _CROSSID_BATCH)
-    with ThreadPoolExecutor(max(1, int(conf.max_workers))) as pool:
+    with thread_pool() as pool:  # a Ctrl-C cancels the queued batches
         futures = [pool.submit(batch, s) for s in starts]
         for future, start in zip(futures, starts):
             stop = min(start + _CROSSID_BATCH, n)

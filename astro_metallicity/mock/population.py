@@ -64,6 +64,7 @@ from astropy import units as u
 from astropy.table import QTable
 
 from ..relations import mannucci_fmr, tremonti_mzr
+from . import appearance as _app
 from ._footprint import (
     BANDS,
     COL_STEP,
@@ -97,6 +98,11 @@ DUST_TAU0 = 0.7
 _SIGMA_SFR_REF = 0.05  # Msun / yr / kpc^2
 _SIGMA_SFR_INDEX = 0.25
 _COS_I_MIN = 0.05  # a thin slab seen exactly edge-on would have infinite optical depth
+# Half- and 90 per cent-light radii in circular apertures of an exponential disk of axis
+# ratio q, relative to its major-axis radii (numerical integration; "sdss" appearance).
+_CIRC_Q = np.array([0.12, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0])
+_CIRC_R50 = np.array([0.576, 0.600, 0.643, 0.693, 0.744, 0.796, 0.900, 1.0])
+_CIRC_R90 = np.array([0.730, 0.735, 0.747, 0.766, 0.792, 0.824, 0.905, 1.0])
 # Galactic extinction coefficients A_b / E(B-V) (Schlafly & Finkbeiner 2011).
 _EXT = {"u": 4.239, "g": 3.303, "r": 2.285, "i": 1.698, "z": 1.263}
 
@@ -185,7 +191,7 @@ def _field_seeing(rng, n_fields, seeing):
 
 def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallicity_scatter=0.08,
                       ra0=185.0, dec0=1.0, run=4294, min_separation=12.0 * u.arcsec,
-                      cosmology=None, dust_tau0=DUST_TAU0, mass_error=0.1):
+                      cosmology=None, dust_tau0=DUST_TAU0, mass_error=0.1, appearance="classic"):
     """Draw a simulated SDSS main-sample population of star-forming galaxies.
 
     Galaxies are drawn from a stellar mass function and uniformly in comoving
@@ -229,6 +235,15 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     mass_error : float, optional
         Gaussian error (dex) of the catalogue mass ``lgm_tot_p50`` about the true
         mass ``logm_true`` (MPA-JHU-like; 0 for the true mass).
+    appearance : {"classic", "sdss"}, optional
+        ``"classic"`` (default): the population the bundled model was trained on,
+        unchanged. ``"sdss"``: the realistic preset of
+        ``astro_metallicity.mock.appearance`` (thin disks, red bulges and bluer
+        disks, lopsided disks with odd-numbered arms, star-forming clumps, dust
+        lanes, catalogue positions offset from the light centre, masses down to
+        10^8 Msun); it adds the columns ``lopsided_amp``, ``lopsided_phase``,
+        ``clump_n``, ``clump_frac``, ``clump_seed``, ``light_offset_ra`` and
+        ``light_offset_dec`` (arcsec) that `~astro_metallicity.mock.MockSky` renders.
 
     Returns
     -------
@@ -247,8 +262,13 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         attenuation per band, mag), the intrinsic r-band ``bulge_to_total`` and
         the disk half-light radius ``r50_kpc``. Magnitudes and ``bulge_frac_*`` are observed,
         i.e. bulge plus attenuated disk. The footprint, per-field seeing and
-        dust parameters are stored in ``catalog.meta``.
+        dust parameters (and, for ``appearance="sdss"``, the appearance) are
+        stored in ``catalog.meta``.
     """
+    _app.check_appearance(appearance)
+    sdss = appearance == "sdss"
+    logm_min = _app.SDSS_LOGM_MIN if sdss else _LOGM_MIN
+    bulge_weight = _app.SDSS_BULGE_WEIGHT if sdss else _BULGE_WEIGHT
     if int(n) != n or n < 1:
         msg = f"n must be a positive integer number of galaxies, got {n!r}"
         raise ValueError(msg)
@@ -269,7 +289,7 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     zg, dvdz, distmod_g, kpc_arcsec_g, dl_g = _cosmology_grids(cosmology)
     draw_z = _inverse_cdf_sampler(zg, dvdz)
     # Double Schechter stellar mass function (Baldry et al. 2012).
-    mg = np.linspace(_LOGM_MIN, _LOGM_MAX, 800)
+    mg = np.linspace(logm_min, _LOGM_MAX, 800)
     mu = 10 ** (mg - 10.66)
     phi = np.log(10) * np.exp(-mu) * (3.96e-3 * mu ** (1 - 0.35) + 0.79e-3 * mu ** (1 - 1.47))
     # keep the star-forming share only: it falls from ~1 at low mass to ~0 above 10^11
@@ -284,7 +304,7 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         logm = draw_logm(rng.random(m))
         gal = _photometry(rng, z, logm, np.interp(z, zg, distmod_g))
         # metallicity: MZR + FMR SFR term + intrinsic scatter (the part only the dust traces)
-        x = np.clip(logm, _LOGM_MIN, _LOGM_MAX)
+        x = np.clip(logm, logm_min, _LOGM_MAX)
         logsfr = logm + gal["logssfr"]
         gal["oh"] = (tremonti_mzr(x) + mannucci_fmr(x, logsfr) - mannucci_fmr(x, x + _ssfr_mean(x))
                      + rng.normal(0.0, metallicity_scatter, m))
@@ -295,7 +315,15 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         gal["r50_kpc"] = r50_kpc * np.exp(rng.normal(0.0, 1.0, m) * sig_ln)
         gal["bt"] = np.clip(0.12 + 0.22 * (logm - 10.0) + rng.normal(0, 0.08, m), 0.0, 0.7)
         gal["cos_i"] = rng.random(m)
-        _apply_disk_dust(gal, logsfr, dust_tau0)
+        if sdss:
+            # bulge weight per galaxy: disks bluer the faster the galaxy forms stars
+            dssfr = gal["logssfr"] - _ssfr_mean(logm)
+            expo = np.clip(1.0 + _app.SDSS_DISK_SSFR_COLOUR * dssfr / 0.3, 0.3, 2.0)
+            weights = {b: bulge_weight[b] ** expo for b in BANDS}
+            _apply_disk_dust(gal, logsfr, dust_tau0, bulge_weight=weights, logm_min=logm_min,
+                             typical_weight=bulge_weight)
+        else:
+            _apply_disk_dust(gal, logsfr, dust_tau0)
         sel = gal["mag_r"] + gal["petro_offset"] < MAIN_SAMPLE_RLIM
         gal = {k: v[sel] for k, v in gal.items()}
         chunks.append(gal)
@@ -304,11 +332,16 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
 
     # --- sizes and structure
     r50 = gal["r50_kpc"] / np.interp(gal["z"], zg, kpc_arcsec_g)  # arcsec
-    r50 = np.clip(r50, 0.3, 30.0)
     bt = gal["bt"]
-    q0 = 0.2
+    q0 = _app.SDSS_DISK_THICKNESS if sdss else 0.2
     axis_ratio = np.sqrt((1 - q0 ** 2) * gal["cos_i"] ** 2 + q0 ** 2)
-    bulge_q = np.clip(rng.uniform(0.7, 1.0, n), axis_ratio, 1.0)
+    if sdss:
+        # Shen et al. (2003) radii are Petrosian radii, measured in circular apertures: the
+        # major-axis half-light radius of an inclined disk is larger
+        r50 = r50 / np.interp(axis_ratio, _CIRC_Q, _CIRC_R50)
+    r50 = np.clip(r50, 0.3, 30.0)
+    lo_q, hi_q = _app.SDSS_BULGE_AXIS_RATIO if sdss else (0.7, 1.0)
+    bulge_q = np.clip(rng.uniform(lo_q, hi_q, n), axis_ratio, 1.0)
     pos_angle = rng.uniform(0.0, 180.0, n)
     r50_disk = r50
     r50_bulge = 0.35 * r50
@@ -347,8 +380,14 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     # Observed Petrosian radii: intrinsic radii added in quadrature with the PSF.
     r50_int = r50_disk * (1 - 0.45 * bt)
     conc = 2.3 + 1.0 * bt
+    r90_int = conc * r50_int
+    if sdss:
+        # SDSS Petrosian radii are measured in circular apertures (Blanton et al. 2001,
+        # AJ 121, 2358): smaller than the major-axis radii for inclined disks.
+        r50_int = r50_int * np.interp(axis_ratio, _CIRC_Q, _CIRC_R50)
+        r90_int = r90_int * np.interp(axis_ratio, _CIRC_Q, _CIRC_R90)
     petro_r50 = np.sqrt(r50_int ** 2 + (0.5 * seeing_gal) ** 2)
-    petro_r90 = np.sqrt((conc * r50_int) ** 2 + (0.91 * seeing_gal) ** 2)
+    petro_r90 = np.sqrt(r90_int ** 2 + (0.91 * seeing_gal) ** 2)
 
     # --- spectroscopy (SpecObj + MPA-JHU GalSpec*)
     idx = np.arange(n)
@@ -393,6 +432,8 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         "dust_sigma_sfr_index": _SIGMA_SFR_INDEX, "dust_k": dict(DUST_K),
         "dust_law": "CCM89 R_V=3.1 at SDSS effective wavelengths; slab geometry; disk only",
     })
+    if sdss:  # only in the preset, so the classic metadata stay as they were
+        t.meta["appearance"] = appearance
     t["objid"] = objid
     t["ra"] = ra * u.deg
     t["dec"] = dec * u.deg
@@ -460,7 +501,29 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     t["arm_m"] = rng.choice(np.array([2, 2, 2, 3, 4], dtype=np.int32), n)
     t["arm_pitch"] = rng.uniform(12.0, 30.0, n) * u.deg
     t["arm_phase"] = rng.uniform(0.0, 2 * np.pi, n) * u.rad
+    if sdss:
+        _add_sdss_structure(t, np.random.default_rng([seed, 2026, 11]), dssfr)
     return t
+
+
+def _add_sdss_structure(t, rng, dssfr):
+    """Columns of the "sdss" appearance: arms, lopsidedness, clumps, light offsets (in place).
+
+    See ``astro_metallicity.mock.appearance`` for the references of each ingredient.
+    """
+    n = len(t)
+    t["arm_m"] = rng.choice(np.array(_app.SDSS_ARM_M, dtype=np.int32), n)
+    # lopsidedness A1 (Zaritsky & Rix 1997; Bournaud et al. 2005), capped
+    t["lopsided_amp"] = np.clip(rng.exponential(_app.SDSS_LOPSIDED_MEAN, n), 0.0, 0.6)
+    t["lopsided_phase"] = rng.uniform(0.0, 2 * np.pi, n) * u.rad
+    # star-forming clumps: more, and brighter, above the star-forming sequence
+    frac = _app.SDSS_CLUMP_FRACTION + _app.SDSS_CLUMP_SSFR_SLOPE * dssfr / 0.3
+    t["clump_frac"] = np.clip(frac + rng.normal(0.0, 0.02, n), 0.0, 0.25)
+    t["clump_n"] = rng.poisson(np.clip(4.0 + 3.0 * dssfr / 0.3, 1.0, None)).astype(np.int32)
+    t["clump_seed"] = rng.integers(0, 2 ** 31, n, dtype=np.int64)
+    # centre of the light relative to the catalogue position (arcsec, per axis)
+    t["light_offset_ra"] = rng.normal(0.0, _app.SDSS_POSITION_SCATTER, n) * u.arcsec
+    t["light_offset_dec"] = rng.normal(0.0, _app.SDSS_POSITION_SCATTER, n) * u.arcsec
 
 
 def _photometry(rng, z, logm, distmod):
@@ -488,28 +551,28 @@ def _median_r50_kpc(logm):
     return 0.10 * mass ** 0.14 * (1 + mass / 3.98e10) ** (0.39 - 0.14)
 
 
-def _disk_dimming(tau_v, cos_i, bt, band):
+def _disk_dimming(tau_v, cos_i, bt, band, weight=None):
     """Disk attenuation (mag) and observed/intrinsic flux of a bulge + dusty-disk galaxy."""
-    wb = _BULGE_WEIGHT[band]
+    wb = _BULGE_WEIGHT[band] if weight is None else weight
     fb = bt * wb / (bt * wb + (1 - bt))  # intrinsic bulge share of the flux
     a_disk = slab_attenuation(DUST_K[band] * tau_v, cos_i)
     return a_disk, fb, fb + (1 - fb) * 10 ** (-0.4 * a_disk)
 
 
-def _typical_galaxy_dimming(logm, tau0, band):
+def _typical_galaxy_dimming(logm, tau0, band, logm_min=_LOGM_MIN, weight=None):
     """Flux dimming (observed/intrinsic) by disk dust of a typical galaxy of mass ``logm``.
 
     Typical: MZR metallicity, mean specific SFR, median size and bulge fraction,
     median inclination (cos i = 0.5).
     """
-    x = np.clip(logm, _LOGM_MIN, _LOGM_MAX)
+    x = np.clip(logm, logm_min, _LOGM_MAX)
     sigma_sfr = 10 ** (x + _ssfr_mean(x)) / (2 * np.pi * _median_r50_kpc(x) ** 2)
     tau_v = tau0 * 10 ** (tremonti_mzr(x) - 8.9) * (sigma_sfr / _SIGMA_SFR_REF) ** _SIGMA_SFR_INDEX
     bt = np.clip(0.12 + 0.22 * (x - 10.0), 0.0, 0.7)
-    return _disk_dimming(tau_v, 0.5, bt, band)[2]
+    return _disk_dimming(tau_v, 0.5, bt, band, weight)[2]
 
 
-def _apply_disk_dust(gal, logsfr, tau0):
+def _apply_disk_dust(gal, logsfr, tau0, bulge_weight=None, logm_min=_LOGM_MIN, typical_weight=None):
     """Dim the disks of ``gal`` (in place): observed mags, bulge fractions, errors, dust truth.
 
     The colour-mass locus and the M/L of `_photometry` (Taylor et al. 2011) describe
@@ -523,10 +586,12 @@ def _apply_disk_dust(gal, logsfr, tau0):
     gal["tau_v"] = tau_v
     bt = gal["bt"]
     for b in BANDS:
-        a_disk, fb, total = _disk_dimming(tau_v, gal["cos_i"], bt, b)
+        wb = None if bulge_weight is None else bulge_weight[b]
+        a_disk, fb, total = _disk_dimming(tau_v, gal["cos_i"], bt, b, wb)
         gal[f"dust_disk_{b}"] = a_disk
         gal[f"bulge_frac_{b}"] = fb / total
-        typical = _typical_galaxy_dimming(gal["logm"], tau0, b)
+        tw = None if typical_weight is None else typical_weight[b]
+        typical = _typical_galaxy_dimming(gal["logm"], tau0, b, logm_min, tw)
         gal[f"mag_{b}"] = gal[f"mag_{b}"] - 2.5 * np.log10(total / typical)
         # errors from a sky-limited 53.9 s SDSS exposure (rough)
         gal[f"err_{b}"] = np.hypot(0.01, 0.02 * 10 ** (0.4 * (gal[f"mag_{b}"] - 18.0)) * (2.0 if b in "uz" else 1.0))

@@ -30,6 +30,9 @@ SEEING_RATIO = {"u": 1.15, "g": 1.07, "r": 1.0, "i": 0.95, "z": 0.93}
 
 #: Contrast of spiral arms (young stars) relative to r: stronger in blue bands.
 _ARM_BAND_FACTOR = {"u": 1.6, "g": 1.3, "r": 1.0, "i": 0.85, "z": 0.75}
+#: Share of the disk light in star-forming clumps relative to r ("sdss" appearance): clumps
+#: are young and blue (Guo et al. 2015, ApJ 800, 39).
+_CLUMP_BAND_FACTOR = {"u": 2.0, "g": 1.5, "r": 1.0, "i": 0.8, "z": 0.7}
 
 
 def _bn(n):
@@ -70,7 +73,7 @@ def moffat_kernel(fwhm_px, *, beta=MOFFAT_BETA, size=None, center=(0.0, 0.0), ov
     return img / img.sum()
 
 
-def sersic_stamp(shape, xc, yc, r_e, n, q, theta, oversample, arms=None):
+def sersic_stamp(shape, xc, yc, r_e, n, q, theta, oversample, arms=None, lopsided=None, lane=None):
     """Unit-sum Sersic profile on a stamp.
 
     Parameters
@@ -93,6 +96,13 @@ def sersic_stamp(shape, xc, yc, r_e, n, q, theta, oversample, arms=None):
         ``(m, amplitude, pitch_deg, phase)``: modulate the profile by
         ``1 + amplitude * cos(m (phi - ln(r / r_e) / tan(pitch) - phase))``
         (logarithmic spiral arms in the disk plane), faded out at the centre.
+    lopsided : tuple, optional
+        ``(a1, phase)``: an m = 1 mode, ``1 + a1(r) cos(phi - phase)`` with
+        ``a1(r) = a1 min(r / r_e, 2)`` (lopsidedness growing outwards, capped at 0.9).
+    lane : tuple, optional
+        ``(tau, width, offset)``: a dust lane along the major axis, the profile
+        multiplied by ``exp(-tau exp(-(y' - offset)^2 / (2 width^2)))`` with y' the
+        distance (pixels) from the major axis.
 
     Returns
     -------
@@ -115,6 +125,13 @@ def sersic_stamp(shape, xc, yc, r_e, n, q, theta, oversample, arms=None):
             phi = np.arctan2(yy / q, xx)
             wind = np.log(np.maximum(r, 1e-3)) / math.tan(math.radians(pitch))
             img *= 1.0 + amp * (1.0 - np.exp(-(r / 0.6) ** 2)) * np.cos(m * (phi - wind - phase))
+        if lopsided is not None and lopsided[0] > 0:
+            a1, phase1 = lopsided
+            phi = np.arctan2(yy / q, xx)
+            img *= 1.0 + np.minimum(a1 * np.minimum(r, 2.0), 0.9) * np.cos(phi - phase1)
+        if lane is not None and lane[0] > 0:
+            tau, width, offset = lane
+            img *= np.exp(-tau * np.exp(-0.5 * ((yy - offset) / width) ** 2))
         return img
 
     img = evaluate(np.arange(nx) - xc, np.arange(ny) - yc)
@@ -162,7 +179,18 @@ def _galaxy_image(g, band, fwhm_px, psf):
     if "arm_amp" in g:
         amp = min(g["arm_amp"] * _ARM_BAND_FACTOR[band], 0.95)
         arms = (int(g["arm_m"]), amp, g["arm_pitch"], g["arm_phase"])
-    img = (1.0 - fb) * sersic_stamp((size, size), cx, cy, re_d, 1, g["q"], theta, os_d, arms=arms)
+    lopsided = lane = None
+    if "lopsided_amp" in g:  # the "sdss" appearance
+        lopsided = (g["lopsided_amp"], g["lopsided_phase"])
+        lane = _dust_lane(g, band, re_d)
+    disk = sersic_stamp((size, size), cx, cy, re_d, 1, g["q"], theta, os_d, arms=arms,
+                        lopsided=lopsided, lane=lane)
+    if g.get("clump_n", 0) > 0 and g.get("clump_frac", 0) > 0:
+        frac = min(g["clump_frac"] * _CLUMP_BAND_FACTOR[band], 0.5)
+        clumps = _clump_stamp(size, cx, cy, re_d, g["q"], theta, int(g["clump_n"]), int(g["clump_seed"]))
+        if clumps is not None:
+            disk = (1.0 - frac) * disk + frac * clumps
+    img = (1.0 - fb) * disk
     if fb > 0:
         hb = int(min(max(math.ceil(10.0 * re_b), 4), h))
         sb = 2 * hb + 1
@@ -172,6 +200,46 @@ def _galaxy_image(g, band, fwhm_px, psf):
     img = fftconvolve(img, psf, mode="full")
     kh = psf.shape[0] // 2
     return flux * img, ix - h - kh, iy - h - kh
+
+
+def _dust_lane(g, band, re_d):
+    """Dust-lane parameters ``(tau, width, offset)`` of an inclined disk ("sdss" appearance).
+
+    The lane is the dust layer, thinner than the stars (``SDSS_DUST_LANE['height_ratio']``,
+    Xilouris et al. 1999), seen through the disk's optical depth ``tau_v`` with the CCM89
+    law: ``tau = 0.5 k_b tau_v (1 / cos i - 1)``, capped at ``SDSS_DUST_LANE['max_tau']``,
+    and only for cos i < 0.5; it sits slightly to the near side of the major axis.
+    """
+    from .appearance import SDSS_DUST_LANE
+    from .population import DUST_K
+
+    cos_i = max(float(g.get("cos_i", 1.0)), 0.05)
+    if cos_i >= 0.5 or "tau_v" not in g:
+        return None
+    tau = min(0.5 * DUST_K[band] * float(g["tau_v"]) * (1.0 / cos_i - 1.0), SDSS_DUST_LANE["max_tau"])
+    tau *= (0.5 - cos_i) / 0.5
+    width = max(SDSS_DUST_LANE["height_ratio"] * g["q"] * re_d, 0.5)
+    return tau, width, 0.5 * width
+
+
+def _clump_stamp(size, cx, cy, re_d, q, theta, n, seed):
+    """Unit-sum image of ``n`` point-like clumps on an exponential disk (projected), or None."""
+    rng = np.random.default_rng(seed)
+    rad = rng.gamma(2.0, re_d / _bn(1), n)  # radii of light of an exponential disk
+    ang = rng.uniform(0.0, 2 * np.pi, n)
+    w = rng.lognormal(0.0, 0.6, n)
+    xd, yd = rad * np.cos(ang), rad * np.sin(ang) * q
+    c, s = math.cos(theta), math.sin(theta)
+    x, y = cx + xd * c - yd * s, cy + xd * s + yd * c
+    img = np.zeros((size, size))
+    ix, iy = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - ix, y - iy
+    for dx, dy, wt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        jx, jy = ix + dx, iy + dy
+        ok = (jx >= 0) & (jx < size) & (jy >= 0) & (jy < size)
+        np.add.at(img, (jy[ok], jx[ok]), (w * wt)[ok])
+    total = img.sum()
+    return img / total if total > 0 else None
 
 
 def _galaxy_halfsize(r50_disk, r50_bulge):

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..logger import log
 from .sky import MockSky
-from .sql import SkyServerError, error_csv, execute_sql, table_to_csv
+from ._sql import SkyServerError, error_csv, execute_sql, table_to_csv
 
 __all__ = ["Faults", "MockSDSS", "serve"]
 
@@ -404,6 +404,9 @@ class MockSDSS:
         Port; 0 (default) picks a free one.
     sky : `~astro_metallicity.mock.MockSky`, optional
         Serve this sky instead of simulating one.
+    appearance : {"classic", "sdss"}, optional
+        Appearance preset of the simulated sky (see `~astro_metallicity.mock.MockSky`);
+        default ``"classic"``, ignored if ``sky`` is given.
     **sky_kwargs
         Passed to `~astro_metallicity.mock.MockSky`.
 
@@ -415,8 +418,9 @@ class MockSDSS:
     50
     """
 
-    def __init__(self, n_galaxies=200, seed=0, *, faults=None, port=0, sky=None, **sky_kwargs):
-        self.sky = sky if sky is not None else MockSky(n_galaxies, seed, **sky_kwargs)
+    def __init__(self, n_galaxies=200, seed=0, *, faults=None, port=0, sky=None, appearance=None,
+                 **sky_kwargs):
+        self.sky = sky if sky is not None else MockSky(n_galaxies, seed, appearance=appearance, **sky_kwargs)
         self.faults = _as_faults(faults)
         self.port_requested = port
         self.server = None
@@ -430,6 +434,8 @@ class MockSDSS:
         digest.update(json.dumps([self.sky.seed, self.sky.noise, len(self.sky.stars["ra"]),
                                   asdict(self.faults) if self.faults else None,
                                   time.time_ns() if self.faults else 0], default=str).encode())
+        if self.sky.appearance != "classic":
+            digest.update(self.sky.appearance.encode())
         self.token = digest.hexdigest()[:12]
 
     @property
@@ -475,7 +481,7 @@ class MockSDSS:
         return False
 
 
-def serve(port=8080, n_galaxies=1000, seed=0, *, faults=None, host="127.0.0.1"):
+def serve(port=8080, n_galaxies=1000, seed=0, *, faults=None, host="127.0.0.1", appearance="classic"):
     """Serve a mock SDSS until interrupted (Ctrl-C); used by ``astro-metallicity mock-sdss``.
 
     Parameters
@@ -490,8 +496,10 @@ def serve(port=8080, n_galaxies=1000, seed=0, *, faults=None, host="127.0.0.1"):
         Faults to inject into the answers.
     host : str, optional
         Interface to bind (default 127.0.0.1 only).
+    appearance : {"classic", "sdss"}, optional
+        Appearance preset of the simulated sky (see `~astro_metallicity.mock.MockSky`).
     """
-    sky = MockSky(n_galaxies, seed)
+    sky = MockSky(n_galaxies, seed, appearance=appearance)
     server = _MockSDSSServer(sky, port=port, faults=faults, host=host)
     base = f"http://{host}:{server.port}"
     log.info(f"Mock SDSS with {len(sky.catalog)} galaxies in {len(sky.footprint)} fields at {base}")

@@ -10,6 +10,7 @@ import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord, search_around_sky
 
+from . import appearance as _app
 from ._footprint import BANDS, NCOL, NROW, PIXEL_SCALE, RERUN, Footprint, make_objid, wrap_ra
 from .population import simulate_galaxies
 from .render import SEEING_RATIO, SKY_MAG, _band_index, frame_hdulist, render_frame
@@ -31,6 +32,18 @@ def _frame_doc(method):
     return method
 
 
+def _uniform_positions(rng, footprint, n):
+    """RA and Dec (deg) of ``n`` points spread uniformly over the fields of ``footprint``."""
+    k = rng.integers(0, len(footprint), n)
+    col = rng.uniform(0, NCOL, n) - 0.5
+    row = rng.uniform(0, NROW, n) - 0.5
+    ra, dec = np.empty(n), np.empty(n)
+    for field in np.unique(k):
+        sel = k == field
+        ra[sel], dec[sel] = footprint.wcs(field).wcs_pix2world(col[sel], row[sel], 0)
+    return ra, dec
+
+
 class MockSky:
     """A simulated SDSS sky: truth catalogue, frames and ImgCutout-style JPEGs.
 
@@ -46,19 +59,34 @@ class MockSky:
     catalog : `~astropy.table.QTable`, optional
         A catalogue from `~astro_metallicity.mock.simulate_galaxies`.
     stars_per_field : float, optional
-        Mean number of stars (14 < r < 21) per field.
+        Mean number of stars (14 < r < 21) per field; default 40, or
+        ``astro_metallicity.mock.appearance.SDSS_STARS_PER_FIELD`` for
+        ``appearance="sdss"``.
     max_cached_frames : int, optional
         How many rendered single-band frames to keep in memory (12 MB each).
     noise : bool, optional
         Add sky, Poisson and read noise (default True).
+    appearance : {"classic", "sdss"}, optional
+        ``"classic"``: today's simulation, unchanged (the bundled model was
+        trained on it). ``"sdss"``: the realistic preset of
+        ``astro_metallicity.mock.appearance`` (galaxy structure in the catalogue,
+        more stars, faint background galaxies, SkyServer-like JPEG sky and
+        double compression). Default: the catalogue's (``catalog.meta``), else
+        ``"classic"``.
     **kwargs
         Passed to `~astro_metallicity.mock.simulate_galaxies`.
     """
 
-    def __init__(self, n_galaxies=1000, seed=0, *, catalog=None, stars_per_field=40,
-                 max_cached_frames=36, noise=True, **kwargs):
+    def __init__(self, n_galaxies=1000, seed=0, *, catalog=None, stars_per_field=None,
+                 max_cached_frames=36, noise=True, appearance=None, **kwargs):
+        if appearance is None:
+            appearance = "classic" if catalog is None else catalog.meta.get("appearance", "classic")
+        self.appearance = _app.check_appearance(appearance)
+        sdss = appearance == "sdss"
+        if stars_per_field is None:
+            stars_per_field = _app.SDSS_STARS_PER_FIELD if sdss else 40
         if catalog is None:
-            catalog = simulate_galaxies(n_galaxies, seed, **kwargs)
+            catalog = simulate_galaxies(n_galaxies, seed, appearance=appearance, **kwargs)
         self.catalog = catalog
         self.seed = int(catalog.meta.get("seed", seed))
         meta = catalog.meta
@@ -75,13 +103,7 @@ class MockSky:
         self._mjd = 52000.0 + rng.uniform(0, 3000) + np.arange(nf) * 0.0  # one night per run
         # stars, uniform over the footprint
         nstar = rng.poisson(stars_per_field * nf)
-        k = rng.integers(0, nf, nstar)
-        col = rng.uniform(0, NCOL, nstar) - 0.5
-        row = rng.uniform(0, NROW, nstar) - 0.5
-        sra, sdec = np.empty(nstar), np.empty(nstar)
-        for kk in np.unique(k):
-            sel = k == kk
-            sra[sel], sdec[sel] = fp.wcs(kk).wcs_pix2world(col[sel], row[sel], 0)
+        sra, sdec = _uniform_positions(rng, fp, nstar)
         rmag = 21.0 - rng.exponential(1.8, nstar)
         rmag = np.clip(rmag, 13.5, 21.0)
         gr = rng.uniform(0.2, 1.4, nstar)
@@ -104,6 +126,11 @@ class MockSky:
                              arm_phase=np.asarray(c["arm_phase"].to_value(u.rad)))
         self._mags = {b: np.asarray(c[f"modelMag_{b}"].to_value(u.mag)) for b in BANDS}
         self._bulge_frac = {b: np.asarray(c[f"bulge_frac_{b}"]) for b in BANDS}
+        # what is rendered: the catalogue galaxies (at the centre of their light) and, for
+        # the "sdss" appearance, faint background galaxies that are not in the catalogue
+        self._render_gal, self._render_mags, self._render_bulge_frac = self._gal, self._mags, self._bulge_frac
+        if sdss:
+            self._setup_sdss_rendering()
         # Per-instance LRU caches (lru_cache on methods would be shared by all skies and
         # keep them alive). The weak mapping sees the frames the cache still holds, so
         # cutouts can use a rendered frame without rendering one.
@@ -112,6 +139,55 @@ class MockSky:
         self._files = functools.lru_cache(maxsize=max(4, max_cached_frames // 3))(self._frame_bytes)
         # astropy caches the KD-tree of the catalogue on this SkyCoord, built at the first match
         self._coords = SkyCoord(self._gal["ra"], self._gal["dec"], unit="deg")
+
+    def _setup_sdss_rendering(self):
+        """Render arrays of the "sdss" appearance (see ``astro_metallicity.mock.appearance``)."""
+        c = self.catalog
+        g = dict(self._gal)
+        extra = {"lopsided_amp": 0.0, "lopsided_phase": 0.0, "clump_n": 0, "clump_frac": 0.0,
+                 "clump_seed": 0, "tau_v": 0.0, "cos_i": 1.0}
+        for name, fill in extra.items():
+            if name in c.colnames:
+                g[name] = np.asarray(getattr(c[name], "value", c[name]))
+            else:
+                g[name] = np.full(len(c), fill)
+        if "light_offset_ra" in c.colnames:
+            cosd = np.cos(np.deg2rad(g["dec"]))
+            g["ra"] = (g["ra"] + c["light_offset_ra"].to_value(u.arcsec) / 3600.0 / cosd) % 360.0
+            g["dec"] = g["dec"] + c["light_offset_dec"].to_value(u.arcsec) / 3600.0
+        if "arm_amp" not in g:
+            g.update(arm_amp=np.zeros(len(c)), arm_m=np.full(len(c), 2), arm_pitch=np.full(len(c), 20.0),
+                     arm_phase=np.zeros(len(c)))
+        mags, bfrac = dict(self._mags), dict(self._bulge_frac)
+        # faint background galaxies (17.8 < r < 22), not in the catalogue
+        fp = self.footprint
+        rng = np.random.default_rng([self.seed, 7, 2026])
+        nf = len(fp)
+        nbg = rng.poisson(_app.SDSS_BACKGROUND_GALAXIES * nf)
+        if nbg:
+            bra, bdec = _uniform_positions(rng, fp, nbg)
+            # number counts dN/dm ~ 10^(0.45 m) (Yasuda et al. 2001) between 17.8 and 22
+            a = 0.45 * math.log(10)
+            uu = rng.random(nbg)
+            rmag = np.log(math.exp(a * 17.8) + uu * (math.exp(a * 22.0) - math.exp(a * 17.8))) / a
+            red = rng.random(nbg) < 0.4
+            gr = np.where(red, rng.normal(1.2, 0.15, nbg), rng.normal(0.6, 0.2, nbg))
+            ri = np.where(red, rng.normal(0.5, 0.1, nbg), rng.normal(0.3, 0.1, nbg))
+            colour = {"u": gr * 1.8 + 0.6, "g": gr, "r": 0.0 * gr, "i": -ri, "z": -1.5 * ri}
+            r50 = 1.6 * 10 ** (-0.12 * (rmag - 18.0)) * np.exp(rng.normal(0.0, 0.3, nbg))
+            cos_i = rng.random(nbg)
+            q = np.sqrt((1 - 0.2 ** 2) * cos_i ** 2 + 0.2 ** 2)
+            bt = np.where(red, 0.6, 0.15)
+            bg = {"ra": bra % 360.0, "dec": bdec, "r50_disk": r50, "r50_bulge": 0.35 * r50, "q": q,
+                  "qb": np.maximum(q, 0.7), "pos_angle": rng.uniform(0, 180, nbg),
+                  "arm_amp": np.zeros(nbg), "arm_m": np.full(nbg, 2), "arm_pitch": np.full(nbg, 20.0),
+                  "arm_phase": np.zeros(nbg)}
+            bg.update({name: np.full(nbg, fill) for name, fill in extra.items()})
+            g = {name: np.concatenate([g[name], bg[name]]) for name in g}
+            for b in BANDS:
+                mags[b] = np.concatenate([mags[b], rmag + colour[b]])
+                bfrac[b] = np.concatenate([bfrac[b], bt])
+        self._render_gal, self._render_mags, self._render_bulge_frac = g, mags, bfrac
 
     # ----------------------------------------------------------------- catalogue
     def sql_columns(self):
@@ -268,13 +344,13 @@ class MockSky:
             fp = self.footprint
             margin = 0.03
             cosd = math.cos(math.radians(fp.dec_center[k]))
-            g = self._gal
+            g = self._render_gal
             half = (fp.ra_max[k] - fp.ra_min[k]) / 2.0  # RA offsets wrapped, for fields at RA 0/360
             sel = ((np.abs(wrap_ra(g["ra"] - fp.ra_center[k])) < half + margin / cosd)
                    & (g["dec"] > fp.dec_min[k] - margin) & (g["dec"] < fp.dec_max[k] + margin))
             gals = {name: v[sel] for name, v in g.items()}
-            gals["mag"] = self._mags[band][sel]
-            gals["bulge_frac"] = self._bulge_frac[band][sel]
+            gals["mag"] = self._render_mags[band][sel]
+            gals["bulge_frac"] = self._render_bulge_frac[band][sel]
             s = self.stars
             ssel = ((np.abs(wrap_ra(s["ra"] - fp.ra_center[k])) < half + 0.01)
                     & (s["dec"] > fp.dec_min[k] - 0.01) & (s["dec"] < fp.dec_max[k] + 0.01))
@@ -450,14 +526,22 @@ class MockSky:
                 else:
                     img = self._render(k, band, region=(x0, x1, y0, y1))
                 idx = todo[inside]
-                acc[idx] = map_coordinates(img, [ys - y0, xs - x0], order=1, mode="nearest")
+                order = _app.SDSS_CUTOUT_ORDER if self.appearance == "sdss" else 1
+                acc[idx] = map_coordinates(img, [ys - y0, xs - x0], order=order, mode="nearest")
                 filled[idx] = True
             img = acc.reshape(height, f, width, f).mean(axis=(1, 3)) if f > 1 else acc.reshape(height, width)
             out.append(img)
         return out
 
-    def cutout_jpeg(self, ra, dec, scale=0.396, width=128, height=128, *, quality=75):
+    def cutout_jpeg(self, ra, dec, scale=0.396, width=128, height=128, *, quality=None):
         """An ImgCutout-style *gri* JPEG, rendered from the (cached) frames.
+
+        With ``appearance="sdss"`` a sky pedestal is added before the asinh
+        stretch where the survey covers the cutout
+        (``astro_metallicity.mock.appearance.SDSS_JPEG_SKY_PEDESTAL``) and the
+        JPEG is compressed twice, at IJG quality
+        ``astro_metallicity.mock.appearance.SDSS_JPEG_FIRST_QUALITY`` then
+        ``quality``, on the same 8-px grid.
 
         Parameters
         ----------
@@ -468,7 +552,8 @@ class MockSky:
         width, height : int, optional
             Size in pixels.
         quality : int, optional
-            JPEG quality (SDSS uses about 75).
+            JPEG quality of the (final) save: default 75 (``"classic"``) or
+            ``astro_metallicity.mock.appearance.SDSS_JPEG_QUALITY`` (92, ``"sdss"``).
 
         Returns
         -------
@@ -479,10 +564,81 @@ class MockSky:
 
         from ..preprocess import gri_composite
 
+        sdss = self.appearance == "sdss"
+        if quality is None:
+            quality = _app.SDSS_JPEG_QUALITY if sdss else 75
+        if sdss:
+            return self._sdss_jpeg(ra, dec, float(scale), int(width), int(height), quality)
         g, r, i = self.cutout(ra, dec, scale, width, height, bands="gri")
         # make_lupton_rgb divides by the intensity everywhere, also where it is 0 (off the survey)
         with np.errstate(invalid="ignore", divide="ignore"):
             rgb = gri_composite(g, r, i)
+        buf = io.BytesIO()
+        Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=quality)
+        return buf.getvalue()
+
+    def _sdss_jpeg(self, ra, dec, scale, width, height, quality):
+        """The "sdss" appearance JPEG (see ``astro_metallicity.mock.appearance``).
+
+        The colour image is made at the native 0.396" scale (pedestal, asinh stretch,
+        first JPEG compression, like the frame JPEGs SkyServer cuts from), then
+        resampled onto the requested grid and saved again.
+        """
+        from PIL import Image
+        from scipy.ndimage import map_coordinates
+
+        from ..preprocess import gri_composite
+
+        native = _app.SDSS_JPEG_NATIVE
+        base = PIXEL_SCALE if native else scale
+        wn = int(math.ceil(width * scale / base)) + 4 if native else width
+        hn = int(math.ceil(height * scale / base)) + 4 if native else height
+        sigma = _app.SDSS_BAND_REGISTRATION * PIXEL_SCALE / 3600.0  # deg
+        if sigma > 0:
+            # residual misregistration of the g and i images relative to r, per field
+            fields = self.footprint.fields_near(ra, dec, 0.0)
+            k = int(fields[0]) if len(fields) else -1
+            off = np.random.default_rng([self.seed, 13, k + 1]).normal(0.0, sigma, (3, 2))
+            off[1] = 0.0
+            cosd = max(math.cos(math.radians(dec)), 1e-6)
+            g, r, i = (self.cutout(ra + o[0] / cosd, dec + o[1], base, wn, hn, bands=b)[0]
+                       for b, o in zip("gri", off))
+        else:
+            g, r, i = self.cutout(ra, dec, base, wn, hn, bands="gri")
+        covered = (g != 0) | (r != 0) | (i != 0)
+        if _app.SDSS_JPEG_SMOOTHING > 0:
+            from scipy.ndimage import gaussian_filter
+
+            g, r, i = (gaussian_filter(band, _app.SDSS_JPEG_SMOOTHING) for band in (g, r, i))
+        ped = _app.SDSS_JPEG_SKY_PEDESTAL
+        g, r, i = (np.where(covered, band + np.float32(ped[b]), band) for band, b in ((g, "g"), (r, "r"), (i, "i")))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rgb = gri_composite(g, r, i, **_app.SDSS_JPEG_STRETCH)
+
+        def compress(rgb, q):
+            buf = io.BytesIO()
+            Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=q)
+            return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+        if native and _app.SDSS_JPEG_NATIVE_QUALITY:
+            rgb = compress(rgb, _app.SDSS_JPEG_NATIVE_QUALITY)
+        if native:
+            f = max(1, math.ceil(scale / PIXEL_SCALE - 0.25))
+            sub = (np.arange(f) + 0.5) / f - 0.5
+            px = (np.arange(width)[:, None] + sub[None, :]).ravel() - (width - 1) / 2.0
+            py = (np.arange(height)[:, None] + sub[None, :]).ravel() - (height - 1) / 2.0
+            xs = (wn - 1) / 2.0 + px * scale / base
+            ys = (hn - 1) / 2.0 + py * scale / base
+            yy, xx = np.meshgrid(ys, xs, indexing="ij")
+            chans = []
+            for k in range(3):
+                v = map_coordinates(rgb[..., k].astype(np.float32), [yy, xx], order=_app.SDSS_CUTOUT_ORDER,
+                                    mode="nearest")
+                if f > 1:
+                    v = v.reshape(height, f, width, f).mean(axis=(1, 3))
+                chans.append(v)
+            rgb = np.clip(np.rint(np.stack(chans, axis=-1)), 0, 255).astype(np.uint8)
+        rgb = compress(rgb, _app.SDSS_JPEG_FIRST_QUALITY)
         buf = io.BytesIO()
         Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=quality)
         return buf.getvalue()

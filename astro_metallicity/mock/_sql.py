@@ -24,7 +24,7 @@ import weakref
 
 import numpy as np
 
-__all__ = []
+__all__ = ["SkyServerError", "error_csv", "execute_sql", "table_to_csv"]
 
 
 class SkyServerError(Exception):

@@ -1,0 +1,205 @@
+"""Appearance presets of the simulated sky: ``"classic"`` (default) and ``"sdss"``.
+
+``appearance="classic"`` is the simulation the bundled model was trained on:
+its catalogue, frames and JPEGs are unchanged, byte for byte.
+
+``appearance="sdss"`` makes the ImgCutout JPEGs look like real SDSS ones. Each
+ingredient below was added because the realism benchmark
+(``benchmarks/sim_realism.py``, docs page *Realism of the simulated sky*) showed
+that a classifier used it to tell simulated from real cutouts; the numbers
+marked *tuned* were set on simulated skies with seeds 7001 and 7003
+against the 400 real SDSS DR14 ImgCutout JPEGs, never on seed 7002 (the
+held-out seed of the benchmark). The scaling relations that tie the
+metallicity to what the images show (Tremonti et al. 2004, Mannucci et al.
+2010, Salim et al. 2007, Shen et al. 2003, Taylor et al. 2011 and the disk dust)
+are the same in both presets.
+
+Galaxies (catalogue, `~astro_metallicity.mock.simulate_galaxies`):
+
+* thin disks: intrinsic edge-on axis ratio `SDSS_DISK_THICKNESS` (0.12) instead
+  of 0.2, so that edge-on disks look like SDSS ones (intrinsic thickness of
+  SDSS spirals 0.1-0.2: Padilla & Strauss 2008, MNRAS 388, 1321; Unterborn &
+  Ryden 2008, ApJ 687, 976), and bulges flattened like the disks they sit in
+  (`SDSS_BULGE_AXIS_RATIO`);
+* sizes: the Shen et al. (2003) radii are SDSS Petrosian radii, measured in
+  circular apertures, so the major-axis half-light radius of an inclined disk
+  is larger by the factor a circular aperture loses on an exponential disk of
+  that axis ratio (up to 1/0.58 edge-on), and the catalogue ``petroR50_r`` and
+  ``petroR90_r`` are circular-aperture radii (Blanton et al. 2001, AJ 121,
+  2358);
+* bulge and disk with their own colours: the bulge-to-disk flux weight per band
+  `SDSS_BULGE_WEIGHT` is steeper than the classic one (an old, red bulge around
+  g - i ~ 1.2 and a bluer star-forming disk; bulge colours of SDSS disk
+  galaxies: Lackner & Gunn 2012, MNRAS 421, 2277), and the disk is made bluer
+  the faster the galaxy forms stars (`SDSS_DISK_SSFR_COLOUR`): at fixed total
+  colour more of the blue light comes from the disk;
+* lopsided disks: an m = 1 mode of amplitude A1 drawn from an exponential
+  distribution of mean `SDSS_LOPSIDED_MEAN` (0.12; mean A1 ~ 0.1 and ~ 30 % of
+  disks with A1 > 0.2 at 1.5-2.5 scale lengths: Zaritsky & Rix 1997, ApJ 477,
+  118; Bournaud et al. 2005, A&A 438, 507), growing with radius;
+* spiral arms with any number of arms `SDSS_ARM_M` (odd numbers included, so
+  that galaxies are not symmetric under a 180 degree rotation);
+* star-forming clumps: `clump_n` unresolved knots in the disk holding a
+  fraction ``clump_frac`` of the r-band disk light, more in galaxies above the
+  star-forming sequence and bluer than the disk (`SDSS_CLUMP_FRACTION`,
+  `SDSS_CLUMP_SSFR_SLOPE`; clumps hold a few to ~10 % of the disk light of star-forming
+  galaxies, and are found in SDSS images of local ones: Guo et al. 2015, ApJ 800,
+  39; Adams et al. 2022, ApJ 931, 16);
+* dust lanes in inclined disks: a dust layer thinner than the stars (scale
+  height ratio ~ 0.3-0.5: Xilouris et al. 1999, A&A 344, 868) seen through the
+  disk's own optical depth ``tau_v`` and the CCM89 law (`SDSS_DUST_LANE`);
+* the catalogue position is not exactly the centre of the light: offsets of
+  rms `SDSS_POSITION_SCATTER` arcsec per axis between the catalogue
+  (deblended peak) position and the centre of the rendered galaxy (SDSS
+  astrometry is good to better than 0.1 arcsec, Pier et al. 2003, AJ 125, 1559;
+  the rest is the offset between the peak and the light centre of lopsided,
+  clumpy galaxies);
+* masses down to 10^`SDSS_LOGM_MIN` (8.0) Msun instead of 10^8.5; the
+  Tremonti et al. (2004) relation is extrapolated below 10^8.5 Msun (it gives
+  8.15 at 10^8), close to the low-mass relation of Lee et al. (2006, ApJ 647,
+  970), and the stellar mass function of Baldry et al. (2012) is fit down to
+  10^8 Msun. Few such galaxies pass r < 17.77, so the metal-poor end of the
+  labels (12+log(O/H) < 8.5: 5.8 % of the 400 real labels) is still
+  under-populated (~1 %).
+
+Image formation (`~astro_metallicity.mock.MockSky`):
+
+* more stars per field (`SDSS_STARS_PER_FIELD`; high-latitude SDSS star counts
+  to r ~ 21, Juric et al. 2008, ApJ 673, 864) and faint background galaxies
+  (`SDSS_BACKGROUND_GALAXIES` per field, below the main-sample limit);
+* the colour image is made the way SkyServer makes it, as an asinh stretch
+  (Lupton et al. 2004, PASP 116, 133) at the native 0.396" scale, then
+  resampled onto the requested grid (`SDSS_JPEG_NATIVE`): the cutouts of the
+  paper are mostly finer than 0.396"/px, so the sky noise is upsampled and
+  grainy like in the real files (its autocorrelation at 1 and 2 px matches
+  theirs);
+* the JPEG sky: the black point sits below the sky, so the sky is dark grey
+  with visible noise and few black pixels: a per-band pedestal
+  `SDSS_JPEG_SKY_PEDESTAL` (nanomaggies per pixel) is added before a slightly
+  stronger stretch (`SDSS_JPEG_STRETCH`) and a light smoothing
+  (`SDSS_JPEG_SMOOTHING`, native pixels). These are *tuned* on the border
+  statistics (mean, spread, black-pixel fraction and autocorrelation of the
+  outer 16 px) of the real JPEGs; they describe the display, not the sky (the
+  real corrected frame in ``shared/`` has a median sky residual of 0.000-0.005
+  nanomaggies);
+* colour fringes: the g and i images are misregistered relative to r by
+  `SDSS_BAND_REGISTRATION` native pixels rms per axis (per field), which gives
+  the one-sided green and magenta fringes seen on real bright sources (*tuned*
+  by eye and with the galaxy-only CNN test);
+* double JPEG compression: a first save at IJG quality `SDSS_JPEG_FIRST_QUALITY`
+  and a second at `SDSS_JPEG_QUALITY` (92, the quantisation tables the real
+  files carry), on the same 8-px grid, which reproduces the 8-px block edges of
+  the real files (measured, not documented by SDSS; the first may be
+  SkyServer's, the second the download script's).
+
+A simulated survey is a test bed, not the sky: a model's accuracy on either
+preset says nothing about real galaxies.
+"""
+
+__all__ = [
+    "APPEARANCES",
+    "SDSS_ARM_M",
+    "SDSS_BACKGROUND_GALAXIES",
+    "SDSS_BAND_REGISTRATION",
+    "SDSS_BULGE_AXIS_RATIO",
+    "SDSS_BULGE_WEIGHT",
+    "SDSS_CLUMP_FRACTION",
+    "SDSS_CLUMP_SSFR_SLOPE",
+    "SDSS_CUTOUT_ORDER",
+    "SDSS_DISK_SSFR_COLOUR",
+    "SDSS_DISK_THICKNESS",
+    "SDSS_DUST_LANE",
+    "SDSS_JPEG_FIRST_QUALITY",
+    "SDSS_JPEG_NATIVE",
+    "SDSS_JPEG_NATIVE_QUALITY",
+    "SDSS_JPEG_QUALITY",
+    "SDSS_JPEG_SMOOTHING",
+    "SDSS_JPEG_STRETCH",
+    "SDSS_JPEG_SKY_PEDESTAL",
+    "SDSS_LOGM_MIN",
+    "SDSS_LOPSIDED_MEAN",
+    "SDSS_POSITION_SCATTER",
+    "SDSS_STARS_PER_FIELD",
+    "check_appearance",
+]
+
+#: Names of the appearance presets; the first is the default.
+APPEARANCES = ("classic", "sdss")
+
+#: Intrinsic axis ratio of an edge-on disk in the "sdss" preset (classic: 0.2).
+SDSS_DISK_THICKNESS = 0.12
+#: Relative bulge-to-disk flux weight per band in the "sdss" preset (r = 1).
+SDSS_BULGE_WEIGHT = {"u": 0.25, "g": 0.5, "r": 1.0, "i": 1.4, "z": 1.6}
+#: Range of the (uniform) apparent bulge axis ratio, kept at least the disk's axis ratio
+#: (classic: 0.7-1.0). Many disk-galaxy bulges are flattened, disk-like pseudo-bulges
+#: (Kormendy & Kennicutt 2004, ARA&A 42, 603).
+SDSS_BULGE_AXIS_RATIO = (0.45, 0.9)
+#: Extra blueing of the disk relative to the bulge per 0.3 dex above the star-forming
+#: sequence: the bulge weight in band b is multiplied by ``(w_b)**(s * dssfr / 0.3)``.
+SDSS_DISK_SSFR_COLOUR = 0.5
+#: Mean of the exponential distribution of the lopsidedness A1 (m = 1 mode).
+SDSS_LOPSIDED_MEAN = 0.12
+#: Numbers of spiral arms drawn (uniformly from this list).
+SDSS_ARM_M = (1, 2, 2, 3, 3, 4, 5)
+#: Mean fraction of the r-band disk light in star-forming clumps on the star-forming sequence.
+SDSS_CLUMP_FRACTION = 0.07
+#: Change of the clump fraction per 0.3 dex of sSFR above the sequence.
+SDSS_CLUMP_SSFR_SLOPE = 0.04
+#: Dust lanes: ratio of the dust to the stellar scale height, and the largest lane optical depth.
+SDSS_DUST_LANE = {"height_ratio": 0.4, "max_tau": 2.5}
+#: Rms (arcsec, per axis) of the offset between catalogue position and centre of the light
+#: (*tuned* on the light-centroid offsets of the real cutouts, median 0.3 cutout px).
+SDSS_POSITION_SCATTER = 0.25
+#: Lowest stellar mass (log Msun) of the "sdss" population (classic: 8.5).
+SDSS_LOGM_MIN = 8.0
+#: Mean number of stars (14 < r < 21) per field in the "sdss" preset (classic: 40).
+SDSS_STARS_PER_FIELD = 100
+#: Mean number of faint (17.8 < r < 22) background galaxies per field in the "sdss" preset
+#: (~4,000 per deg^2, counts rising as 10^(0.45 r): Yasuda et al. 2001, AJ 122, 1104).
+SDSS_BACKGROUND_GALAXIES = 150
+#: Pedestal (nanomaggies per pixel) added to the g, r, i images before the asinh stretch
+#: (*tuned* on the sky of the real JPEGs).
+SDSS_JPEG_SKY_PEDESTAL = {"g": 0.0022, "r": 0.003, "i": 0.008}
+#: Spline order of the resampling of the frames onto the cutout grid (classic: 1, bilinear).
+SDSS_CUTOUT_ORDER = 1
+#: Make the colour image at the native 0.396" scale and resample the JPEG (True), or
+#: resample the frames onto the cutout grid first (False).
+SDSS_JPEG_NATIVE = True
+#: Rms (native pixels, per axis) of the residual misregistration of the g and i images
+#: relative to r in the colour image (colour fringes on one side of bright sources).
+SDSS_BAND_REGISTRATION = 0.4
+#: IJG quality of the JPEG compression of the native-scale colour image (None: none).
+SDSS_JPEG_NATIVE_QUALITY = None
+#: Asinh stretch of the "sdss" JPEGs (`astro_metallicity.preprocess.gri_composite` keywords;
+#: empty: `astro_metallicity.preprocess.SDSS_JPEG_STRETCH`).
+SDSS_JPEG_STRETCH = {"stretch": 2.2}
+#: Gaussian smoothing (sigma, cutout pixels) of the g, r, i cutouts before the stretch.
+SDSS_JPEG_SMOOTHING = 0.6
+#: IJG quality of the first JPEG compression of the "sdss" preset.
+SDSS_JPEG_FIRST_QUALITY = 72
+#: IJG quality of the final JPEG save (the tables of the real ImgCutout files).
+SDSS_JPEG_QUALITY = 92
+
+
+def check_appearance(appearance):
+    """Validate an appearance name.
+
+    Parameters
+    ----------
+    appearance : str
+        ``"classic"`` or ``"sdss"``.
+
+    Returns
+    -------
+    appearance : str
+        The same name.
+
+    Raises
+    ------
+    ValueError
+        If the name is not one of `APPEARANCES`.
+    """
+    if appearance not in APPEARANCES:
+        msg = f"appearance must be one of {list(APPEARANCES)}, got {appearance!r}"
+        raise ValueError(msg)
+    return appearance
