@@ -28,6 +28,7 @@ _LAZY = {
     "FetchError": "acquire",
     "resolve_targets": "targets",
     "ResolvedTargets": "targets",
+    "predict_metallicity_catalog": "distributed",  # needs the [distributed] extra when called
 }
 
 __all__ = ["__version__", "conf", "log", *_LAZY]
