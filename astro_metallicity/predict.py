@@ -19,7 +19,7 @@ from astropy.utils.console import ProgressBar
 from ._config import conf
 from .acquire import CutoutSet, fetch_cutouts
 from .logger import log
-from .table import _result_meta, build_result_table
+from .table import FLAG_OK, _result_meta, build_result_table
 from .targets import resolve_targets
 
 __all__ = ["predict_metallicity", "predict_metallicity_from_images"]
@@ -136,7 +136,7 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         input order, plus ``metallicity`` and ``metallicity_err`` in
         `~astropy.units.dex`, ``log_mstar`` (dex(solMass)) and
         ``log_mstar_err`` when the model predicts stellar mass, and ``flag``
-        (``''`` when predicted, else why not: ``'bad_coordinates: ...'``,
+        (``'ok'`` when predicted, else why not: ``'bad_coordinates: ...'``,
         ``'outside_footprint'``, ``'no_petrosian_radius'``,
         ``'partial_coverage'``, ``'bad_scale'``, ``'fetch_failed: ...'``,
         ``'model_failed: non-finite output'``). Predictions are masked on
@@ -214,7 +214,7 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
                        scale=cutout_scale if isinstance(cutout_scale, str) or
                        np.ndim(cutout_scale) == 0 else "per target")
     result = build_result_table(resolved.table, flags.astype(str), predictions, meta=meta)
-    n_bad = int(np.sum(np.asarray(result["flag"]) != ""))
+    n_bad = int(np.sum(np.asarray(result["flag"]) != FLAG_OK))
     if n_bad:
         log.info(f"{n_bad} of {n} targets have no prediction; see the 'flag' column")
     if return_cutouts:

@@ -16,7 +16,12 @@ from astropy.utils.masked import Masked
 
 from . import __version__
 
-__all__ = ["build_result_table"]
+__all__ = ["FLAG_OK", "build_result_table"]
+
+#: Flag of a row with a prediction nothing argues against. Not ``''``: readers of
+#: CSV and FITS tables (astropy's, pandas', TOPCAT's) take an empty cell for a
+#: missing value, and a flag must read back as what was written.
+FLAG_OK = "ok"
 
 # Units of the predicted quantities.
 _OUTPUT_UNITS = {
@@ -34,18 +39,8 @@ MODEL_FAILED = "model_failed: non-finite output"
 
 
 def _flag_column(flags):
-    """The ``flag`` column: text that is never masked, and reads back as ``''`` from ECSV.
-
-    Readers of text and FITS tables take an empty string for a missing value,
-    so a plain column of flags comes back masked where it is ``''`` and
-    ``table["flag"] == ""`` selects nothing. An ECSV reader keeps empty strings
-    of a column stored as a `~astropy.table.MaskedColumn` with the
-    ``'data_mask'`` method, so the flags are such a column with nothing masked.
-    FITS and CSV readers cannot be told; see `build_result_table`.
-    """
-    column = MaskedColumn(np.asarray(flags, dtype=str), mask=np.zeros(len(flags), dtype=bool))
-    column.info.serialize_method["ecsv"] = "data_mask"
-    return column
+    """The ``flag`` column: text, never masked, never empty."""
+    return MaskedColumn(np.asarray(flags, dtype=str), mask=np.zeros(len(flags), dtype=bool))
 
 
 def _masked_column(values, mask, unit):
@@ -147,7 +142,8 @@ def build_result_table(table, flags, predictions, *, meta=None):
     table : `~astropy.table.Table`
         The targets, one row per target, in the input order.
     flags : array of str
-        ``''`` for rows with a prediction, otherwise the reason.
+        The problem with each row, ``''`` where there is none (as in
+        `~astro_metallicity.CutoutSet.flags`).
     predictions : dict of array
         Full-length arrays (one value per row; values on flagged rows are
         ignored) for some of ``metallicity``, ``metallicity_err``,
@@ -160,10 +156,11 @@ def build_result_table(table, flags, predictions, *, meta=None):
     result : `~astropy.table.QTable`
         The input columns, then ``metallicity`` (`~astropy.units.dex`),
         ``metallicity_err``, optionally ``log_mstar`` (dex(solMass)) and
-        ``log_mstar_err``, masked on flagged rows, and ``flag``. A row whose
-        flag was ``''`` but whose predictions are not all finite is flagged
-        ``'model_failed: non-finite output'`` and masked: a masked
-        prediction always has a flag.
+        ``log_mstar_err``, masked on rows with a problem, and ``flag``:
+        ``'ok'`` (`FLAG_OK`) on rows with a prediction, otherwise the
+        problem. A row without a problem whose predictions are not all
+        finite is flagged ``'model_failed: non-finite output'`` and masked:
+        a masked prediction always has a flag saying why.
 
     Raises
     ------
@@ -172,13 +169,9 @@ def build_result_table(table, flags, predictions, *, meta=None):
 
     Notes
     -----
-    ``flag`` is a `~astropy.table.MaskedColumn` of text with nothing masked,
-    so that it survives writing: after ``Table.read`` of an ECSV file,
-    ``t["flag"] == ""`` selects the rows with a prediction. FITS and CSV
-    readers turn every empty string into a masked value whatever the writer
-    does; there, fill the column first, ``t["flag"] = t["flag"].filled("")``,
-    or read a CSV file with ``Table.read(path, format="ascii.csv",
-    fill_exclude_names=["flag"])``.
+    No flag is empty, so flags read back as written from every format
+    (ECSV, FITS, CSV, VOTable, Parquet): ``t["flag"] == "ok"`` selects the
+    rows with a prediction after ``Table.read`` as before ``write``.
     """
     result = QTable(table, copy=True)
     n = len(result)
@@ -208,6 +201,7 @@ def build_result_table(table, flags, predictions, *, meta=None):
     flags = flags.astype(object)
     flags[(flags == "") & ~finite] = MODEL_FAILED
     mask = flags != ""
+    flags[~mask] = FLAG_OK
     for name in names:
         result[name] = _masked_column(values[name], mask, _OUTPUT_UNITS[name])
     result["flag"] = _flag_column(flags.astype(str))

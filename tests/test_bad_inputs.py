@@ -34,7 +34,7 @@ def _rows(result):
 def test_good_image_passes(galaxy, model):
     assert _image_problem(galaxy) == ""
     flags, masked = _rows(predict_metallicity_from_images([galaxy], model=model))
-    assert flags == [""] and masked == [False]
+    assert flags == ["ok"] and masked == [False]
 
 
 # (what the issue tried, the exact flag); sizes are width x height.
@@ -81,7 +81,7 @@ def test_unusable_array_is_flagged_and_masked(name, galaxy, model):
     # between two good images: a bad one never stops the list or shifts the rows
     result = predict_metallicity_from_images([galaxy, make(galaxy), galaxy], model=model)
     flags, masked = _rows(result)
-    assert flags == ["", flag, ""]
+    assert flags == ["ok", flag, "ok"]
     assert masked == [False, True, False]
     z = np.asarray(result["metallicity"].unmasked.value)
     assert z[0] == z[2]
@@ -105,7 +105,7 @@ def test_unusable_files_are_flagged(tmp_path, galaxy, model):
         "bad_image: grayscale (1 channel); expected a gri colour composite",
         "bad_image: grayscale (R = G = B); expected a gri colour composite",
         "bad_image: too small (16x16 px < 32x32)",
-        "",
+        "ok",
     ]
     assert masked == [True, True, True, True, False]
 
@@ -132,7 +132,7 @@ def test_float_and_integer_images_convert_as_before(galaxy, model):
     result = predict_metallicity_from_images(
         [galaxy, galaxy / 255.0, galaxy.astype(np.float32), galaxy.astype(np.int64)], model=model)
     flags, masked = _rows(result)
-    assert flags == [""] * 4
+    assert flags == ["ok"] * 4
     z = np.asarray(result["metallicity"].unmasked.value)
     np.testing.assert_array_equal(z, z[0])
 
@@ -150,7 +150,7 @@ def test_non_finite_model_output_is_flagged(galaxy, model, monkeypatch):
     result = predict_metallicity_from_images([galaxy] * 4, model=model)
     flags, masked = _rows(result)
     failed = "model_failed: non-finite output"
-    assert flags == ["", failed, failed, ""]
+    assert flags == ["ok", failed, failed, "ok"]
     assert masked == [False, True, True, False]
     # the whole row is masked, not only the non-finite value
     assert list(np.asarray(result["log_mstar"].mask)) == masked

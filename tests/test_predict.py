@@ -55,7 +55,7 @@ def test_table_input_units_order_flags_and_masks(sdss, model, source):
     assert result["metallicity_err"].unit == u.dex
     assert result["log_mstar"].unit == u.dex(u.solMass)
     flags = list(result["flag"])
-    assert flags[:4] == [""] * 4
+    assert flags[:4] == ["ok"] * 4
     assert flags[4].startswith("bad_coordinates")
     assert flags[5] == "outside_footprint"
     z, zmask = _masked_values(result["metallicity"])
@@ -149,7 +149,7 @@ def test_predict_real_sdss_jpegs(shared_data, model):
     """Real ImgCutout JPEGs (128 px) are resized to the model's cutout size and predicted."""
     files = sorted((shared_data / "sdss-gri-jpeg-400" / "images").glob("*.jpg"))[:5]
     result = predict_metallicity_from_images(files, model=model)
-    assert len(result) == 5 and np.all(result["flag"] == "")
+    assert len(result) == 5 and np.all(result["flag"] == "ok")
     assert result["metallicity"].unit == u.dex
 
 
@@ -179,7 +179,7 @@ def test_scale_of_the_wrong_length_raises_value_error(sdss, model):
                             scale=np.full((3, 1), 0.3) * u.arcsec / u.pix)
     per_target = predict_metallicity(coords, source="jpeg", model=model,
                                      scale=[0.3, 0.35, 0.4] * u.arcsec / u.pix)
-    assert list(per_target["flag"]) == ["", "", ""]
+    assert list(per_target["flag"]) == ["ok", "ok", "ok"]
     assert per_target.meta["astro_metallicity"]["pixel_scale"] == "per target"
 
 
@@ -200,7 +200,7 @@ def test_default_source_follows_the_model_metadata(sdss, pipeline_model):
     assert used(model) == "jpeg"
     assert used(model, source="frames") == "frames"  # an explicit argument wins
     coords = SkyCoord(sdss.catalog["ra"][:1], sdss.catalog["dec"][:1])
-    assert predict_metallicity(coords, model=model)["flag"].tolist() == [""]
+    assert predict_metallicity(coords, model=model)["flag"].tolist() == ["ok"]
 
 
 def test_non_finite_model_output_is_flagged_in_the_pipeline(sdss, model, monkeypatch):

@@ -70,5 +70,5 @@ def test_predict_with_bundled_model():
     if not bundled_model_path().is_file():
         pytest.skip("bundled model not installed")
     result = predict_metallicity(Table({"ra": [TARGET.ra.deg, np.nan], "dec": [TARGET.dec.deg, 0]}))
-    assert result["flag"][0] == "" and result["flag"][1].startswith("bad_coordinates")
+    assert result["flag"][0] == "ok" and result["flag"][1].startswith("bad_coordinates")
     assert 7.5 * u.dex < result["metallicity"][0].unmasked < 9.8 * u.dex
