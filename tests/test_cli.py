@@ -44,8 +44,7 @@ def test_predict_writes_table(tmp_path, sdss, pipeline_model, suffix, capsys):
         result = Table.read(out, format=fmt)
     assert list(result["id"]) == [3, 1, 2]
     assert str(result["flag"][2]).startswith("bad_coordinates")
-    if fmt in ("ascii.ecsv", "votable"):  # (FITS and CSV readers mask empty strings)
-        assert list(result["flag"][:2]) == ["", ""]
+    assert list(result["flag"][:2]) == ["ok", "ok"]  # (not '', which CSV/FITS read as masked)
     values = np.ma.filled(np.ma.asarray(result["metallicity"], dtype=float), np.nan)
     assert np.all(np.isfinite(values[:2])) and np.isnan(values[2])
     if suffix != ".csv":
@@ -157,7 +156,7 @@ def test_demo_writes_table_and_montage(tmp_path, pipeline_model, capsys):
     assert "RMSE =" in out and "Predicted 4 of 6 targets" in out
     result = QTable.read(tmp_path / "demo_predictions.ecsv")
     assert len(result) == 6
-    assert list(result["flag"][:4]) == [""] * 4 or np.all(np.ma.getmaskarray(result["flag"][:4]))
+    assert list(result["flag"][:4]) == ["ok"] * 4
     assert str(result["flag"][4]).startswith("bad_coordinates")
     assert result["flag"][5] == "outside_footprint"
     z = result["metallicity"]
@@ -225,3 +224,238 @@ def test_mock_sdss_command_calls_serve(monkeypatch):
     monkeypatch.setattr(mock, "serve", lambda **kwargs: seen.update(kwargs))
     assert main(["mock-sdss", "--port", "8123", "--galaxies", "50", "--seed", "4"]) == 0
     assert seen == {"port": 8123, "n_galaxies": 50, "seed": 4}
+
+
+# --- large jobs on a Dask cluster (--scheduler / --workers) --------------------------------------
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """Address of a LocalCluster of two worker processes, one thread each."""
+    distributed = pytest.importorskip("dask.distributed")
+    pytest.importorskip("lsdb")
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=None) as cluster:
+        # the workers' first task imports torch, pandas, ... (seconds on busy cores): done
+        # here once, so that the tests time the jobs
+        import importlib
+
+        with distributed.Client(cluster, set_as_default=False) as client:
+            for name in ("torch", "pyarrow.parquet", "hats", "astro_metallicity.predict",
+                         "astro_metallicity.distributed", "distributed.shuffle"):
+                client.run(importlib.import_module, name)
+        yield cluster.scheduler_address
+
+
+def _parquet_targets(sdss, path):
+    """The sky's galaxies in a shuffled order, then bad rows, with IDs, as a Parquet file."""
+    import pandas as pd
+
+    cat = sdss.catalog
+    pick = np.random.default_rng(4).permutation(len(cat))
+    ra = np.r_[cat["ra"].to_value(u.deg)[pick], np.nan, 10.0, 500.0]
+    dec = np.r_[cat["dec"].to_value(u.deg)[pick], 0.0, -80.0, 0.0]
+    frame = pd.DataFrame({"objid": 7000 + 3 * np.arange(len(ra)), "ra": ra, "dec": dec})
+    frame.to_parquet(path)
+    return frame
+
+
+def _read_partitions(out):
+    """All partition files of a job directory, as one frame in the input order."""
+    import pandas as pd
+
+    files = sorted(out.rglob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files]).sort_values("input_row"), files
+
+
+def _stamps(files):
+    return {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in files}
+
+
+def _big_job_argv(tmp_path, sdss, pipeline_model, scheduler):
+    frame = _parquet_targets(sdss, tmp_path / "targets.parquet")
+    argv = ["predict", str(tmp_path / "targets.parquet"), "-o", str(tmp_path / "out"),
+            "--scheduler", scheduler, "--model", str(pipeline_model), "--source", "jpeg",
+            "--no-progress", "--partition-rows", "6"]
+    return frame, argv
+
+
+def test_big_job_matches_one_process(tmp_path, sdss, pipeline_model, scheduler, capsys):
+    """Partitions written by the cluster hold the one-process values (1e-6 dex), IDs, flags
+    and units; a rerun with other settings is refused and touches nothing."""
+    import pyarrow.parquet as pq
+
+    from astro_metallicity import conf, predict_metallicity
+    from astro_metallicity.table import FLAG_OK
+
+    frame, argv = _big_job_argv(tmp_path, sdss, pipeline_model, scheduler)
+    out = tmp_path / "out"
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "Dask dashboard: http" in captured.err
+    assert f"wrote {len(frame)} rows ({len(frame) - 3} predicted) in" in captured.out
+    result, files = _read_partitions(out)
+    assert len(files) >= 4  # the sky's galaxies are split into HEALPix tiles
+    with conf.set_temp("cache_dir", str(tmp_path / "reference-cache")):
+        ref = predict_metallicity(Table.from_pandas(frame), source="jpeg",
+                                  model=pipeline_model, progress=False)
+    assert list(result["input_row"]) == list(range(len(frame)))
+    assert list(result["objid"]) == list(frame["objid"])
+    flags = result["flag"].to_numpy(dtype=str)
+    np.testing.assert_array_equal(flags, np.asarray(ref["flag"], dtype=str))
+    assert (flags[:-3] == FLAG_OK).all()
+    assert str(flags[-3]).startswith("bad_coordinates") and flags[-2] == "outside_footprint"
+    for name in ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err"):
+        np.testing.assert_allclose(result[name].to_numpy(dtype=float),
+                                   ref[name].filled(np.nan).value, atol=1e-6, rtol=0,
+                                   equal_nan=True)
+    schema = pq.read_schema(files[0])
+    assert schema.field("metallicity").metadata == {b"unit": b"dex"}
+    assert schema.field("log_mstar").metadata == {b"unit": b"dex(solMass)"}
+    # the finished directory is a HATS catalogue of the positioned rows
+    lsdb = pytest.importorskip("lsdb")
+    catalog = lsdb.open_catalog(out).compute()
+    assert sorted(catalog["objid"]) == sorted(frame["objid"][np.isfinite(frame["ra"])])
+
+    # other settings: refused before anything runs, nothing touched
+    stamps = _stamps(files)
+    status = main([*argv[:-2], "--partition-rows", "4"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "holds a job with other inputs or settings (partition_rows 6 -> 4)" in err
+    assert "--overwrite" in err
+    status = main(["frames" if arg == "jpeg" else arg for arg in argv])
+    assert status == 2
+    assert "(source 'jpeg' -> 'frames')" in capsys.readouterr().err
+    assert _stamps(sorted(out.rglob("*.parquet"))) == stamps
+
+
+def test_big_job_resumes(tmp_path, sdss, pipeline_model, scheduler, monkeypatch, capsys):
+    """A job stopped after two partitions resumes with the others only; partition files
+    deleted later are redone, alone."""
+    import json
+
+    from astro_metallicity import distributed
+
+    frame, argv = _big_job_argv(tmp_path, sdss, pipeline_model, scheduler)
+    out = tmp_path / "out"
+    write = distributed._write_partition
+    written = []
+
+    def stop_after_two(part, path):
+        write(part, path)
+        written.append(path)
+        if len(written) == 2:
+            raise KeyboardInterrupt  # as Ctrl-C, or a job killed, between two partitions
+
+    monkeypatch.setattr(distributed, "_write_partition", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    monkeypatch.setattr(distributed, "_write_partition", write)
+    assert sorted(out.rglob("*.parquet")) == sorted(written)
+    first = _stamps(written)
+    manifest = json.loads((out / distributed.MANIFEST_NAME).read_text())
+    n_parts = sum(part["rows"] > 0 for part in manifest["partitions"])
+    assert n_parts >= 4
+    capsys.readouterr()
+
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"{n_parts - 2} partitions to predict, 2 already written" in captured.err
+    assert "partitions were already written" in captured.out
+    assert _stamps(written) == first  # the two finished files were not rewritten
+    result, files = _read_partitions(out)
+    assert len(files) == n_parts
+    assert list(result["objid"]) == list(frame["objid"])  # every row, once
+
+    gone = [f for f in files if f not in written][:2]
+    for f in gone:
+        f.unlink()
+    kept = _stamps(f for f in files if f not in gone)
+    assert main(argv) == 0
+    assert "2 partitions to predict" in capsys.readouterr().err
+    assert _stamps(kept) == kept
+    again, _ = _read_partitions(out)
+    assert list(again["objid"]) == list(frame["objid"])
+    np.testing.assert_array_equal(again["metallicity"].to_numpy(dtype=float),
+                                  result["metallicity"].to_numpy(dtype=float))
+
+
+# lsdb 0.11 calls NestedFrame.set_index/drop(inplace=True), deprecated by pandas 3.1
+@pytest.mark.filterwarnings("ignore:The inplace keyword in NestedFrame")
+def test_big_job_from_hats_catalogue(tmp_path, sdss, pipeline_model, scheduler, capsys):
+    """A HATS catalogue is predicted tile by tile: each file holds the rows of its tile."""
+    from astropy_healpix import HEALPix
+
+    lsdb = pytest.importorskip("lsdb")
+    frame = _parquet_targets(sdss, tmp_path / "targets.parquet").iloc[:-3]
+    lsdb.from_dataframe(frame, ra_column="ra", dec_column="dec", lowest_order=10,
+                        highest_order=10, margin_threshold=None,
+                        should_generate_moc=False).write_catalog(tmp_path / "hats")
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "hats"), "-o", str(out), "--scheduler", scheduler,
+                 "--model", str(pipeline_model), "--source", "jpeg", "--no-progress"]) == 0
+    files = sorted((out / "dataset").rglob("Npix=*.parquet"))
+    assert len(files) > 1
+    import pandas as pd
+
+    seen = []
+    for path in files:
+        part = pd.read_parquet(path)
+        order = int(path.parent.parent.name.removeprefix("Norder="))
+        pixel = int(path.stem.removeprefix("Npix="))
+        truth = HEALPix(nside=2 ** order, order="nested").lonlat_to_healpix(
+            part["ra"].to_numpy() * u.deg, part["dec"].to_numpy() * u.deg)
+        assert (truth == pixel).all(), path
+        seen += list(part["objid"])
+    assert sorted(seen) == sorted(frame["objid"])
+
+
+def test_big_job_arguments_are_checked_first(tmp_path, monkeypatch, capsys):
+    """Mistakes in a large job's command line are one-line errors before any cluster starts."""
+    import re
+
+    from astro_metallicity import distributed
+
+    monkeypatch.setattr(distributed, "_run_job", lambda *a, **k: pytest.fail("job started"))
+    targets = tmp_path / "targets.ecsv"
+    Table({"ra": [1.0], "dec": [2.0]}).write(targets)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    cases = [
+        (["-o", str(tmp_path / "out.ecsv"), "--workers", "2"], r"out.ecsv is a table file"),
+        (["--workers", "2"], r"need -o DIRECTORY"),
+        (["-o", str(busy), "--workers", "2"],
+         r"busy is not empty and has no astro_metallicity_manifest.json"),
+        (["-o", str(tmp_path / "o"), "--workers", "2", "--scheduler", "tcp://x:1"],
+         r"not both"),
+        (["-o", str(tmp_path / "o"), "--partition-rows", "5"], r"need --workers or --scheduler"),
+        (["-o", str(tmp_path / "o"), "--workers", "2", "--montage", "m.png"],
+         r"--montage is not available"),
+    ]
+    for extra, expected in cases:
+        assert main(["predict", str(targets), *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert re.search(expected, err), (expected, err)
+    assert (busy / "notes.txt").read_text() == "mine"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "t.ecsv", "--workers", "0"])
+
+
+@pytest.mark.slow
+def test_big_job_local_cluster_from_table(tmp_path, sdss, pipeline_model, capsys):
+    """--workers starts its own LocalCluster; an ECSV table is read and partitioned too."""
+    from astro_metallicity.table import FLAG_OK
+
+    cat = sdss.catalog
+    targets = Table({"id": np.arange(len(cat)), "ra": cat["ra"], "dec": cat["dec"]})
+    targets.write(tmp_path / "targets.ecsv")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "targets.ecsv"), "-o", str(out), "--workers", "2",
+                 "--model", str(pipeline_model), "--source", "jpeg"]) == 0
+    assert f"wrote {len(cat)} rows ({len(cat)} predicted)" in capsys.readouterr().out
+    result, _ = _read_partitions(out)
+    assert list(result["id"]) == list(range(len(cat)))
+    assert (result["flag"] == FLAG_OK).all()

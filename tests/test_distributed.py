@@ -18,9 +18,13 @@ pd = pytest.importorskip("pandas")
 from astro_metallicity import conf, predict_metallicity  # noqa: E402
 from astro_metallicity.distributed import (  # noqa: E402
     PREDICTION_UNITS,
+    SPATIAL_INDEX,
+    _healpix_tiles,
     _model_loads,
+    partition_by_healpix,
     predict_metallicity_catalog,
 )
+from astro_metallicity.table import FLAG_OK  # noqa: E402
 
 COLUMNS = ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err")
 
@@ -39,6 +43,12 @@ def client():
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as dask_client:
+        import importlib
+
+        # the workers' first task imports torch, pandas, ... (seconds on busy cores): done
+        # here once, so that the tests time the predictions
+        for name in ("torch", "astro_metallicity.predict", "astro_metallicity.distributed"):
+            dask_client.run(importlib.import_module, name)
         yield dask_client
 
 
@@ -68,7 +78,7 @@ def _check_equal(out, ref, frame):
     assert list(out["name"]) == list(frame["name"])
     flags = np.asarray(out["flag"], dtype=str)
     np.testing.assert_array_equal(flags, np.asarray(ref["flag"].filled(""), dtype=str))
-    good = flags == ""
+    good = flags == FLAG_OK
     assert 0 < good.sum() < len(out)
     assert not good[-3:].any()  # the bad rows are flagged
     for name in COLUMNS:
@@ -202,3 +212,106 @@ def test_frames_route_few_hundred_targets_and_killed_worker(client, pipeline_mod
 def _partitions_done(dask_scheduler=None):
     return sum(ts.state == "memory" and "predict_partition" in str(ts.key)
                for ts in dask_scheduler.tasks.values())
+
+
+def _clustered_positions(rng, n_per_cluster=40):
+    """Targets in three dense groups (a few arcmin wide) far apart, and rows without a
+    usable position."""
+    centres = [(185.0, 1.0), (185.3, 1.2), (30.0, -5.0)]
+    ra = np.concatenate([c[0] + rng.normal(0, 0.05, n_per_cluster) for c in centres])
+    dec = np.concatenate([c[1] + rng.normal(0, 0.05, n_per_cluster) for c in centres])
+    order = rng.permutation(len(ra))
+    ra, dec = ra[order], dec[order]
+    ra = np.r_[ra, np.nan, 12.0]
+    dec = np.r_[dec, 3.0, np.nan]
+    return pd.DataFrame({"target_id": 500 + np.arange(len(ra)), "ra": ra, "dec": dec})
+
+
+def test_partition_by_healpix_makes_healpix_tiles():
+    """Each partition is one HEALPix tile: every row in it lies in that pixel (astropy-healpix
+    says so independently), no tile has more than partition_rows rows, the tiles do not
+    overlap, and no row is lost or duplicated."""
+    from astropy import units as u
+    from astropy_healpix import HEALPix
+
+    rng = np.random.default_rng(5)
+    frame = _clustered_positions(rng)
+    ddf = dd.from_pandas(frame, npartitions=3)
+    result, pixels = partition_by_healpix(ddf, partition_rows=15)
+    assert result.npartitions == len(pixels)
+    assert pixels[0] is None
+    import dask
+
+    parts = dask.compute(*result.to_delayed())
+    # the rows without a position: the first partition, index -1
+    assert sorted(parts[0]["target_id"]) == list(frame["target_id"].iloc[-2:])
+    assert (parts[0].index == -1).all()
+    seen = list(parts[0]["target_id"])
+    covered = set()
+    for pixel, part in zip(pixels[1:], parts[1:], strict=True):
+        assert 0 < len(part) <= 15
+        hp = HEALPix(nside=2 ** pixel.order, order="nested")
+        truth = hp.lonlat_to_healpix(part["ra"].to_numpy() * u.deg,
+                                     part["dec"].to_numpy() * u.deg)
+        assert (truth == pixel.pixel).all(), pixel
+        # tiles are disjoint: no tile lies inside another
+        for order, number in covered:
+            low = min(order, pixel.order)
+            assert (number >> 2 * (order - low)) != (pixel.pixel >> 2 * (pixel.order - low))
+        covered.add((pixel.order, pixel.pixel))
+        assert part.index.is_monotonic_increasing  # sorted along the HEALPix curve
+        seen += list(part["target_id"])
+    assert sorted(seen) == list(frame["target_id"])
+    # three groups far apart never share a tile, and neighbours do: with 40 rows in a group
+    # and at most 15 per tile, each group is a handful of tiles, not one per target
+    assert len(pixels) - 1 <= 3 * 8
+    # input_row restores the input order
+    whole = pd.concat(parts).sort_values("input_row")
+    assert list(whole["input_row"]) == list(range(len(frame)))
+    assert list(whole["target_id"]) == list(frame["target_id"])
+    assert SPATIAL_INDEX == whole.index.name
+
+
+def test_healpix_tiles_follow_the_hats_alignment():
+    """The sparse tiling gives the tiles HATS's (dense) generate_alignment gives."""
+    from hats.pixel_math import empty_histogram, generate_alignment
+
+    rng = np.random.default_rng(2)
+    histogram = empty_histogram(5)
+    occupied = rng.choice(len(histogram), 400, replace=False)
+    histogram[occupied] = rng.integers(1, 60, len(occupied))
+    alignment = generate_alignment(histogram, highest_order=5, threshold=120)
+    expected = {tuple(int(v) for v in alignment[p]) for p in occupied}
+    tiles = _healpix_tiles(np.sort(occupied), histogram[np.sort(occupied)], 5, 120)
+    assert set(tiles) == expected
+    assert len(tiles) == len(expected)
+    assert sum(n for _, _, n in tiles) == histogram.sum()
+
+
+def test_per_target_scale_column(sky, pipeline_model, tmp_path):
+    """scale_column gives each row its own pixel scale, as predict_metallicity does with one
+    scale per target; a missing scale is flagged."""
+    from astropy import units as u
+
+    frame = _targets(sky, n=6).iloc[:6].copy()
+    frame["pixscale"] = [0.3, 0.4, 0.5, 0.3, np.nan, 0.45]
+    ref_scale = np.nan_to_num(frame["pixscale"].to_numpy(), nan=-1.0) * u.arcsec / u.pix
+    with conf.set_temp("cache_dir", str(tmp_path / "reference-cache")):
+        ref = predict_metallicity(Table.from_pandas(frame[["ra", "dec"]]), source="jpeg",
+                                  scale=ref_scale, model=pipeline_model, progress=False)
+    ddf = dd.from_pandas(frame, npartitions=2)
+    out = predict_metallicity_catalog(ddf, source="jpeg", scale_column="pixscale",
+                                      model=pipeline_model).compute(scheduler="sync")
+    flags = np.asarray(out["flag"], dtype=str)
+    assert flags[4] == "bad_scale"
+    np.testing.assert_array_equal(flags, np.asarray(ref["flag"], dtype=str))
+    good = flags == FLAG_OK
+    assert good.sum() == 5
+    np.testing.assert_allclose(out["metallicity"].to_numpy()[good],
+                               ref["metallicity"].filled(np.nan).value[good], atol=1e-6, rtol=0)
+    assert out.attrs["astro_metallicity"]["pixel_scale"] == "per target"
+    with pytest.raises(ValueError, match="not both"):
+        predict_metallicity_catalog(ddf, scale=0.4 * u.arcsec / u.pix, scale_column="pixscale",
+                                    model=pipeline_model)
+    with pytest.raises(ValueError, match="scale_column 'nope' is not in the catalogue"):
+        predict_metallicity_catalog(ddf, scale_column="nope", model=pipeline_model)
