@@ -459,3 +459,83 @@ def test_big_job_local_cluster_from_table(tmp_path, sdss, pipeline_model, capsys
     result, _ = _read_partitions(out)
     assert list(result["id"]) == list(range(len(cat)))
     assert (result["flag"] == FLAG_OK).all()
+
+
+def _partition_files(out):
+    return sorted(out.rglob("*.parquet")) if out.is_dir() else []
+
+
+def _subprocess_config(tmp_path):
+    """Environment for a CLI subprocess that reads the current ``conf`` from its own
+    ``astro_metallicity.cfg`` (what a user's configuration file does)."""
+    import os
+
+    from astro_metallicity import conf
+
+    config_dir = tmp_path / "xdg" / "astropy"  # where astropy looks when $XDG_CONFIG_HOME is set
+    config_dir.mkdir(parents=True)
+    items = ("skyserver_baseurl", "sas_baseurl", "tap_url", "data_release", "timeout",
+             "max_retries", "retry_backoff", "max_workers")
+    lines = [f"{name} = {getattr(conf, name)}" for name in items]
+    lines.append(f"cache_dir = {tmp_path / 'subprocess-cache'}")
+    (config_dir / "astro_metallicity.cfg").write_text("\n".join(lines) + "\n")
+    return {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_big_job_killed_with_sigkill_resumes(tmp_path, pipeline_model):
+    """Issue 13: a CLI job killed with SIGKILL (no clean-up runs) leaves only complete
+    partition files, and a rerun predicts exactly the partitions that are missing."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("dask.distributed")
+    pytest.importorskip("lsdb")
+    from astro_metallicity import distributed
+    from astro_metallicity.mock import Faults
+
+    # Slow answers, so that the kill is likely to land mid-job; the assertions below hold
+    # wherever it lands.
+    out = tmp_path / "out"
+    log_path = tmp_path / "killed-job.log"
+    with MockSDSS(n_galaxies=30, seed=31, galaxies_per_field=30,
+                  faults=Faults(latency=0.1)) as sdss:
+        frame = _parquet_targets(sdss, tmp_path / "targets.parquet")
+        argv = [sys.executable, "-m", "astro_metallicity.cli", "predict",
+                str(tmp_path / "targets.parquet"), "-o", str(out), "--workers", "1",
+                "--model", str(pipeline_model), "--source", "jpeg", "--no-progress",
+                "--partition-rows", "4"]
+        with open(log_path, "wb") as log_file:
+            job = subprocess.Popen(argv, env=_subprocess_config(tmp_path / "killed"),
+                                   stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+            try:
+                while not _partition_files(out):  # a file lands whole (written, then renamed)
+                    if job.poll() is not None:
+                        pytest.fail(f"the job ended before writing a partition:\n"
+                                    f"{log_path.read_text()}")
+                    time.sleep(0.1)
+            finally:
+                os.killpg(job.pid, signal.SIGKILL)  # the CLI and its local cluster, no clean-up
+                job.wait()
+    finished = _partition_files(out)
+    stamps = _stamps(finished)
+    manifest = json.loads((out / distributed.MANIFEST_NAME).read_text())
+    n_parts = sum(part["rows"] > 0 for part in manifest["partitions"])
+
+    # the same sky again (same seed), now without the delay, on another port
+    with MockSDSS(n_galaxies=30, seed=31, galaxies_per_field=30):
+        rerun = subprocess.run(argv, env=_subprocess_config(tmp_path / "rerun"),
+                               capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    todo = n_parts - len(finished)
+    assert f"{todo} partitions to predict, {len(finished)} already written" in rerun.stderr
+    assert _stamps(finished) == stamps  # what the killed job finished was kept as it was
+    result, files = _read_partitions(out)
+    assert list(result["objid"]) == list(frame["objid"])  # every row, once
+    assert len(files) == n_parts
+    assert list(result["flag"] == "ok") == [True] * (len(frame) - 3) + [False] * 3
