@@ -262,7 +262,7 @@ def run_demo(*, galaxies=DEMO_GALAXIES, seed=DEMO_SEED, n_targets=DEMO_TARGETS, 
 
     from ._config import conf
     from .mock import MockSDSS
-    from .predict import predict_metallicity
+    from .predict import _get_model, _resolve_source, predict_metallicity
 
     out_dir = Path(output_dir)
     try:
@@ -276,8 +276,11 @@ def run_demo(*, galaxies=DEMO_GALAXIES, seed=DEMO_SEED, n_targets=DEMO_TARGETS, 
             conf.set_temp("cache_dir", cache), \
             MockSDSS(n_galaxies=galaxies, seed=seed) as sky:
         targets = demo_sample(sky.catalog, n_targets, seed=seed)
+        model = _get_model(model, device)
+        # the source the prediction will use: the model's training source, else conf's
+        source = _resolve_source(source, model)
         print(f"Predicting metallicity for {len(targets)} targets from "
-              f"{source or conf.cutout_source!r} cutouts served by {sky.url} ...")
+              f"{source!r} cutouts served by {sky.url} ...")
         result, cutouts = predict_metallicity(targets, source=source, scale=scale,
                                               model=model, device=device,
                                               return_cutouts=True, progress=False)
@@ -306,7 +309,8 @@ def run_demo(*, galaxies=DEMO_GALAXIES, seed=DEMO_SEED, n_targets=DEMO_TARGETS, 
     labels = []
     for k in range(len(result)):
         if ok[k]:
-            labels.append(f"pred {pred[k]:.2f} / true {true[k]:.2f}")
+            ood = "ood " if str(result["flag"][k]).startswith("ood:") else ""
+            labels.append(f"{ood}pred {pred[k]:.2f} / true {true[k]:.2f}")
         else:
             labels.append(str(result["flag"][k])[:28] or "no prediction")
     montage_path = out_dir / "demo_cutouts.png"

@@ -74,7 +74,7 @@ def _split_path(path):
     return path.with_suffix(".pt"), path.with_suffix(".json")
 
 
-def save_model(network, metadata, path, *, half=True):
+def save_model(network, metadata, path, *, half=True, ood_reference=None):
     """Save a network and its metadata as ``path.pt`` + ``path.json``.
 
     Parameters
@@ -91,6 +91,12 @@ def save_model(network, metadata, path, *, half=True):
     half : bool
         Store floating-point weights as float16 (half the file size; they are
         converted back to float32 on loading).
+    ood_reference : dict, optional
+        Out-of-distribution reference statistics of these weights (e.g.
+        ``model.ood_reference`` of an unchanged loaded model), written to
+        ``path_ood.npz`` and described by ``metadata['ood']``. Without it a
+        ``metadata['ood']`` entry is dropped: statistics of other weights would
+        score wrongly (see `astro_metallicity.ood.ood_score`).
 
     Returns
     -------
@@ -106,7 +112,7 @@ def save_model(network, metadata, path, *, half=True):
         raise ValueError(msg)
     pt_path, json_path = _split_path(path)
     pt_path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = copy.deepcopy(metadata)
+    metadata = _with_ood_reference(metadata, pt_path, ood_reference)
     metadata["weights_dtype"] = "float16" if half else "float32"
     metadata.setdefault("torch_version", torch.__version__)
     state = {}
@@ -120,6 +126,84 @@ def save_model(network, metadata, path, *, half=True):
     json_path.write_text(text + "\n")
     log.debug(f"Saved model to {pt_path} (+ {json_path.name})")
     return pt_path
+
+
+# --------------------------------------------------------------------------- OOD statistics
+
+#: Version of the layout of the out-of-distribution reference (``metadata['ood']``).
+OOD_FORMAT_VERSION = 1
+
+
+def _reference_arrays(reference):
+    """Flat ``{name: array}`` for `numpy.savez` (no objects, loadable with allow_pickle=False)."""
+    arrays = {"groups": np.asarray(reference["groups"], dtype=str)}
+    for part in ("embedding", "image"):
+        for name, stats in reference[part].items():
+            for key, value in stats.items():
+                arrays[f"{part}/{name}/{key}"] = np.asarray(value, dtype=np.float32)
+    return arrays
+
+
+def _reference_from_arrays(arrays):
+    groups = [str(g) for g in arrays["groups"]]
+    reference = {"groups": groups, "embedding": {g: {} for g in groups},
+                 "image": {g: {} for g in groups}}
+    for key, value in arrays.items():
+        if key == "groups":
+            continue
+        part, name, stat = key.split("/")
+        reference[part][name][stat] = np.asarray(value, dtype=np.float64)
+    return reference
+
+
+def _read_reference(path):
+    """Reference statistics from a ``_ood.npz`` file (never unpickles)."""
+    with np.load(path, allow_pickle=False) as data:
+        return _reference_from_arrays({key: data[key] for key in data.files})
+
+
+def _write_reference(path, reference):
+    np.savez_compressed(path, **_reference_arrays(reference))
+
+
+def _with_ood_reference(metadata, pt_path, ood_reference):
+    """A copy of the metadata with ``'ood'`` kept and its statistics written, or dropped."""
+    metadata = copy.deepcopy(metadata)
+    if ood_reference is not None:
+        if "threshold" not in metadata.get("ood", {}):
+            msg = ("ood_reference needs metadata['ood'] with its 'threshold' (see "
+                   "astro_metallicity.ood); start from the metadata of the model it belongs to")
+            raise ValueError(msg)
+        metadata["ood"]["file"] = f"{pt_path.stem}_ood.npz"
+        _write_reference(pt_path.parent / metadata["ood"]["file"], ood_reference)
+    elif metadata.pop("ood", None) is not None:
+        log.info("metadata['ood'] dropped: pass ood_reference= to keep the out-of-distribution "
+                 "reference of these weights")
+    return metadata
+
+
+def _update_metadata(path, metadata, *, ood_reference=None):
+    """Rewrite a saved model's metadata (and OOD statistics), leaving its weights as they are.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The model, as for `save_model`.
+    metadata : dict
+        The new metadata.
+    ood_reference : dict, optional
+        As for `save_model`.
+
+    Returns
+    -------
+    json_path : `~pathlib.Path`
+    """
+    pt_path, json_path = _split_path(path)
+    _check_metadata(metadata, json_path)
+    metadata = _with_ood_reference(metadata, pt_path, ood_reference)
+    text = json.dumps(metadata, indent=2, sort_keys=False, default=_json_default)
+    json_path.write_text(text + "\n")
+    return json_path
 
 
 def _json_default(value):
@@ -162,6 +246,17 @@ def _check_metadata(metadata, json_path):
         if any(name not in metadata[key] for name in outputs):
             msg = f"model metadata {json_path}: {key} must give a value for each of {outputs}"
             raise ValueError(msg)
+
+
+def _as_model(model, device):
+    """A `MetallicityModel`: the one given, or loaded from a path (None: the default model)."""
+    if isinstance(model, MetallicityModel):
+        return model
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return load_model(model, device=device)
+    msg = (f"model must be None (bundled model), a checkpoint path or a MetallicityModel from "
+           f"load_model, got {type(model).__name__}")
+    raise TypeError(msg)
 
 
 def load_model(path=None, device=None):
@@ -226,7 +321,31 @@ def load_model(path=None, device=None):
         msg = (f"model weights {pt_path} do not match arch {metadata['arch']!r} with "
                f"outputs {metadata['outputs']} in {json_path.name}: {exc}")
         raise ValueError(msg) from exc
-    return MetallicityModel(network, metadata, device=device, path=pt_path)
+    return MetallicityModel(network, metadata, device=device, path=pt_path,
+                            ood_reference=_load_ood_reference(metadata, pt_path))
+
+
+def _load_ood_reference(metadata, pt_path):
+    """The OOD reference statistics the metadata names, or None (with a log note)."""
+    info = metadata.get("ood")
+    if not info:
+        return None
+    # only a file beside the weights: the metadata cannot point elsewhere
+    path = pt_path.parent / Path(str(info.get("file", f"{pt_path.stem}_ood.npz"))).name
+    if int(info.get("format_version", -1)) != OOD_FORMAT_VERSION or "threshold" not in info:
+        log.warning(f"model metadata names OOD reference statistics this astro_metallicity "
+                    f"cannot read (format_version {info.get('format_version')}); ood_score "
+                    "will be NaN")
+        return None
+    if not path.is_file():
+        log.warning(f"OOD reference statistics {path} not found; ood_score will be NaN")
+        return None
+    try:
+        return _read_reference(path)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning(f"could not read OOD reference statistics {path} ({exc}); ood_score "
+                    "will be NaN")
+        return None
 
 
 def _save_untrained_model(path, *, arch="tiny", input_size=32,
@@ -286,10 +405,15 @@ class MetallicityModel:
         Device; default ``conf.device``.
     path : path-like, optional
         Where the model was loaded from (informational).
+    ood_reference : dict, optional
+        Out-of-distribution reference statistics of these weights (read by
+        `load_model` from ``<name>_ood.npz``); None: no ``ood_score``.
     """
 
-    def __init__(self, network, metadata, *, device=None, path=None):
+    def __init__(self, network, metadata, *, device=None, path=None, ood_reference=None):
         self.metadata = metadata
+        #: Out-of-distribution reference statistics (dict of arrays) or None.
+        self.ood_reference = ood_reference
         self.path = None if path is None else Path(path)
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
@@ -350,6 +474,22 @@ class MetallicityModel:
             ``'log_mstar_err'`` when the model predicts stellar mass. Each is float64
             of length N.
         """
+        return self._run(images, batch_size=batch_size, tta=tta)[0]
+
+    def _run(self, images, *, batch_size=None, tta=True, embed=False):
+        """`predict`, and with ``embed=True`` also the penultimate-layer embedding.
+
+        The embedding (the input of the last linear layer, averaged over the
+        test-time views) comes from the same forward passes as the predictions,
+        so scoring how unusual an image is costs nothing extra.
+
+        Returns
+        -------
+        result : dict of `~numpy.ndarray`
+            As `predict`.
+        embedding : `~numpy.ndarray` or None
+            ``(N, D)`` float64 with ``embed=True``, else None.
+        """
         import torch
 
         images = validate_images(images)
@@ -361,22 +501,41 @@ class MetallicityModel:
         n_out = len(outputs)
         means = np.empty((len(images), n_out))
         variances = np.empty((len(images), n_out))
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
-                x = images_to_input(batch.to(self.device).permute(0, 3, 1, 2), self.metadata)
-                views = dihedral_views(x) if tta else [x]
-                raw = []
-                for view in views:
-                    if self.device.type == "cuda":
-                        view = view.contiguous(memory_format=torch.channels_last)
-                    raw.append(self.network(view).float())
-                raw = torch.stack(raw, dim=0).cpu().double().numpy()  # (V, B, 2*n_out)
-                mu, logvar = raw[..., :n_out], np.clip(raw[..., n_out:], -20.0, 20.0)
-                stop = start + len(batch)
-                means[start:stop] = mu.mean(axis=0)
-                spread = mu.var(axis=0) if len(views) > 1 else 0.0
-                variances[start:stop] = np.exp(logvar).mean(axis=0) + spread
+        embedding = None
+        captured = []
+        hook = None
+        if embed:
+            head = [m for m in self.network.modules() if isinstance(m, torch.nn.Linear)][-1]
+            hook = head.register_forward_pre_hook(
+                lambda module, args: captured.append(args[0].detach().float()))
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(images), batch_size):
+                    batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+                    x = images_to_input(batch.to(self.device).permute(0, 3, 1, 2), self.metadata)
+                    views = dihedral_views(x) if tta else [x]
+                    raw = []
+                    captured.clear()
+                    for view in views:
+                        if self.device.type == "cuda":
+                            view = view.contiguous(memory_format=torch.channels_last)
+                        raw.append(self.network(view).float())
+                    raw = torch.stack(raw, dim=0).cpu().double().numpy()  # (V, B, 2*n_out)
+                    mu, logvar = raw[..., :n_out], np.clip(raw[..., n_out:], -20.0, 20.0)
+                    stop = start + len(batch)
+                    means[start:stop] = mu.mean(axis=0)
+                    spread = mu.var(axis=0) if len(views) > 1 else 0.0
+                    variances[start:stop] = np.exp(logvar).mean(axis=0) + spread
+                    if embed:
+                        views_emb = torch.stack(captured, dim=0).cpu().double().numpy()
+                        if embedding is None:
+                            embedding = np.empty((len(images), views_emb.shape[-1]))
+                        embedding[start:stop] = views_emb.mean(axis=0)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if embed and embedding is None:  # no images
+            embedding = np.empty((0, 0))
         result = {}
         for j, name in enumerate(outputs):
             mean = float(self.metadata["label_mean"][name])
@@ -384,4 +543,4 @@ class MetallicityModel:
             scale = float(self.metadata["error_scale"][name])
             result[name] = means[:, j] * std + mean
             result[f"{name}_err"] = np.sqrt(variances[:, j]) * std * scale
-        return result
+        return result, embedding

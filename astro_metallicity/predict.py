@@ -29,15 +29,9 @@ _CHUNK = 2048  # targets whose cutouts are held in memory at once
 
 
 def _get_model(model, device):
-    from .model import MetallicityModel, load_model
+    from .model import _as_model
 
-    if isinstance(model, MetallicityModel):
-        return model
-    if model is None or isinstance(model, (str, os.PathLike)):
-        return load_model(model, device=device)
-    msg = (f"model must be None (bundled model), a checkpoint path or a MetallicityModel from "
-           f"load_model, got {type(model).__name__}")
-    raise TypeError(msg)
+    return _as_model(model, device)
 
 
 def _model_scale(model, scale):
@@ -83,12 +77,18 @@ def _resolve_source(source, model):
 
 
 def _run_model(model, images, good, batch_size=None):
-    """Predictions (full-length arrays, NaN where not good)."""
+    """Predictions and OOD scores (full-length arrays, NaN where not good)."""
+    from .ood import _score_from_run
+
     n = len(images)
     out = {}
     idx = np.flatnonzero(good)
+    scores = np.full(n, np.nan)
     if idx.size:
-        raw = model.predict(images[idx], batch_size=batch_size)
+        embed = getattr(model, "ood_reference", None) is not None
+        raw, embedding = model._run(images[idx], batch_size=batch_size, embed=embed)
+        if embed:
+            scores[idx] = _score_from_run(model, embedding, images[idx])
     else:
         raw = {}
     for name in model.outputs:
@@ -97,7 +97,19 @@ def _run_model(model, images, good, batch_size=None):
             if idx.size:
                 full[idx] = np.asarray(raw[key], dtype=float)
             out[key] = full
-    return out
+    return out, scores
+
+
+def _ood_threshold(model):
+    """The model's OOD threshold; None (and a log note) for a model without a reference."""
+    from .ood import _threshold
+
+    threshold = _threshold(model)
+    if not np.isfinite(threshold):
+        log.info("the model has no out-of-distribution reference statistics: ood_score is "
+                 "masked and no row is flagged 'ood' (see astro_metallicity.ood)")
+        return None
+    return threshold
 
 
 def predict_metallicity(targets, *, source=None, scale=None, model=None, device=None,
@@ -135,13 +147,18 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         The input columns (a SkyCoord input gives a ``coord`` column), in the
         input order, plus ``metallicity`` and ``metallicity_err`` in
         `~astropy.units.dex`, ``log_mstar`` (dex(solMass)) and
-        ``log_mstar_err`` when the model predicts stellar mass, and ``flag``
-        (``'ok'`` when predicted, else why not: ``'bad_coordinates: ...'``,
-        ``'outside_footprint'``, ``'no_petrosian_radius'``,
-        ``'partial_coverage'``, ``'bad_scale'``, ``'fetch_failed: ...'``,
-        ``'model_failed: non-finite output'``). Predictions are masked on
-        flagged rows, and only there. ``meta['astro_metallicity']`` records
-        versions, data release, source and model provenance and hash.
+        ``log_mstar_err`` when the model predicts stellar mass,
+        ``ood_score`` (how unlike the model's training images the cutout is,
+        see `astro_metallicity.ood.ood_score`; masked where there is no
+        cutout or the model has no reference statistics) and ``flag``
+        (``'ok'`` when predicted; ``'ood: unlike the training images (score
+        S > T)'`` when predicted from an unusual cutout, prediction kept;
+        else why not: ``'bad_coordinates: ...'``, ``'outside_footprint'``,
+        ``'no_petrosian_radius'``, ``'partial_coverage'``, ``'bad_scale'``,
+        ``'fetch_failed: ...'``, ``'model_failed: non-finite output'``).
+        Predictions are masked on rows without one, and only there.
+        ``meta['astro_metallicity']`` records versions, data release, source
+        and model provenance, hash and OOD threshold.
     cutouts : `~astro_metallicity.CutoutSet`
         Only with ``return_cutouts=True``.
 
@@ -186,6 +203,8 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
     for name in model.outputs:
         predictions[name] = np.full(n, np.nan)
         predictions[f"{name}_err"] = np.full(n, np.nan)
+    scores = np.full(n, np.nan)
+    threshold = _ood_threshold(model)
     idx = np.flatnonzero(good)
     log.info(f"predicting metallicity for {n} targets ({n - idx.size} with bad coordinates) "
              f"from {source!r} cutouts")
@@ -202,7 +221,7 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
         flags[chunk] = cut.flags
         scales[chunk] = cut.scales.to_value(u.arcsec / u.pix)
         ok = np.asarray(cut.flags) == ""
-        out = _run_model(model, cut.images, ok)
+        out, scores[chunk] = _run_model(model, cut.images, ok)
         for key, values in out.items():
             predictions[key][chunk] = values
         if return_cutouts:
@@ -213,13 +232,23 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
     meta = _result_meta(model=model, source=source, data_release=conf.data_release,
                        scale=cutout_scale if isinstance(cutout_scale, str) or
                        np.ndim(cutout_scale) == 0 else "per target")
-    result = build_result_table(resolved.table, flags.astype(str), predictions, meta=meta)
-    n_bad = int(np.sum(np.asarray(result["flag"]) != FLAG_OK))
-    if n_bad:
-        log.info(f"{n_bad} of {n} targets have no prediction; see the 'flag' column")
+    result = build_result_table(resolved.table, flags.astype(str), predictions, meta=meta,
+                                ood_score=scores, ood_threshold=threshold)
+    _log_summary(result, n, "targets")
     if return_cutouts:
         return result, CutoutSet(images, flags.astype(str), scales * u.arcsec / u.pix, source)
     return result
+
+
+def _log_summary(result, n, what):
+    flags = np.asarray(result["flag"])
+    n_ood = int(np.sum(np.char.startswith(flags.astype(str), "ood:")))
+    n_bad = int(np.sum(flags != FLAG_OK)) - n_ood
+    if n_bad:
+        log.info(f"{n_bad} of {n} {what} have no prediction; see the 'flag' column")
+    if n_ood:
+        log.info(f"{n_ood} of {n} {what} are unlike the model's training images (flag "
+                 "'ood: ...'); their predictions are kept but may be wrong")
 
 
 # What predict_metallicity_from_images accepts as an image (see its docstring). Real SDSS
@@ -374,7 +403,10 @@ def predict_metallicity_from_images(images, *, model=None, device=None, names=No
         in all channels), ``blank`` (pixel standard deviation under 2 counts;
         real SDSS cutouts have 5 or more), with the numbers that failed (sizes
         are width x height). A non-finite prediction is flagged
-        ``'model_failed: non-finite output'``.
+        ``'model_failed: non-finite output'``. A usable image unlike the
+        model's training images keeps its prediction and is flagged
+        ``'ood: unlike the training images (score S > T)'`` (column
+        ``ood_score``, see `astro_metallicity.ood.ood_score`).
 
     Raises
     ------
@@ -386,9 +418,11 @@ def predict_metallicity_from_images(images, *, model=None, device=None, names=No
 
     Notes
     -----
-    These checks catch images that cannot be SDSS *gri* cutouts; an image that
-    passes them may still be unlike the training data (another survey, other
-    bands or stretch), which they cannot tell.
+    The image checks catch images that cannot be SDSS *gri* cutouts; the
+    out-of-distribution score catches many that pass them but are unlike the
+    training data (stars, empty sky, artefacts, other stretches), not all (a
+    galaxy with its colour channels swapped often passes; see the
+    documentation's page of limits).
     """
     if isinstance(images, (str, os.PathLike)):
         items = [images]
@@ -426,7 +460,11 @@ def predict_metallicity_from_images(images, *, model=None, device=None, names=No
         arr, flags[k] = _load_image(item, size)
         if arr is not None:
             arrays[k] = arr
-    predictions = _run_model(model, arrays, flags == "")
+    threshold = _ood_threshold(model)
+    predictions, scores = _run_model(model, arrays, flags == "")
     table = QTable({"image": np.asarray(names, dtype=str)})
-    return build_result_table(table, flags.astype(str), predictions,
-                              meta=_result_meta(model=model, source="images"))
+    result = build_result_table(table, flags.astype(str), predictions,
+                                meta=_result_meta(model=model, source="images"),
+                                ood_score=scores, ood_threshold=threshold)
+    _log_summary(result, n, "images")
+    return result

@@ -32,7 +32,8 @@ _OUTPUT_UNITS = {
 }
 
 # Columns the result adds to the input table (``log_mstar*`` only when the model predicts it).
-_RESULT_COLUMNS = ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err", "flag")
+_RESULT_COLUMNS = ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err", "ood_score",
+                   "flag")
 
 # Flag of a row whose image was fine but whose prediction is NaN or infinite.
 MODEL_FAILED = "model_failed: non-finite output"
@@ -128,13 +129,17 @@ def _result_meta(*, model=None, source=None, scale=None, data_release=None, extr
             "input_size": int(md.get("input_size", 0)),
             "provenance": md.get("provenance", {}),
             "metrics": md.get("metrics", {}),
+            # the threshold of the 'ood' flags; None: the model has no OOD reference
+            "ood_threshold": (float(md["ood"]["threshold"])
+                              if getattr(model, "ood_reference", None) is not None else None),
         }
     if extra:
         info.update(extra)
     return {"astro_metallicity": info}
 
 
-def build_result_table(table, flags, predictions, *, meta=None):
+def build_result_table(table, flags, predictions, *, meta=None, ood_score=None,
+                       ood_threshold=None):
     """Add prediction columns to a copy of the input table.
 
     Parameters
@@ -150,17 +155,27 @@ def build_result_table(table, flags, predictions, *, meta=None):
         ``log_mstar``, ``log_mstar_err``.
     meta : dict, optional
         Merged into the table's ``meta``.
+    ood_score : array of float, optional
+        Out-of-distribution score of each row's image
+        (`astro_metallicity.ood.ood_score`), NaN where there is none; default
+        all NaN.
+    ood_threshold : float, optional
+        Rows with a prediction whose ``ood_score`` exceeds it are flagged
+        ``'ood: unlike the training images (score S > T)'``, their prediction
+        kept; default: no ``ood`` flag.
 
     Returns
     -------
     result : `~astropy.table.QTable`
         The input columns, then ``metallicity`` (`~astropy.units.dex`),
         ``metallicity_err``, optionally ``log_mstar`` (dex(solMass)) and
-        ``log_mstar_err``, masked on rows with a problem, and ``flag``:
-        ``'ok'`` (`FLAG_OK`) on rows with a prediction, otherwise the
-        problem. A row without a problem whose predictions are not all
-        finite is flagged ``'model_failed: non-finite output'`` and masked:
-        a masked prediction always has a flag saying why.
+        ``log_mstar_err``, masked on rows with a problem, ``ood_score``
+        (masked where there is no score) and ``flag``: ``'ok'`` (`FLAG_OK`)
+        on rows with a prediction, ``'ood: ...'`` on rows with a prediction
+        from an image unlike the training images, otherwise the problem. A row
+        without a problem whose predictions are not all finite is flagged
+        ``'model_failed: non-finite output'`` and masked: a masked prediction
+        always has a flag saying why.
 
     Raises
     ------
@@ -171,7 +186,9 @@ def build_result_table(table, flags, predictions, *, meta=None):
     -----
     No flag is empty, so flags read back as written from every format
     (ECSV, FITS, CSV, VOTable, Parquet): ``t["flag"] == "ok"`` selects the
-    rows with a prediction after ``Table.read`` as before ``write``.
+    rows with a trustworthy prediction after ``Table.read`` as before
+    ``write``; ``~t["metallicity"].mask`` all rows with a prediction,
+    ``ood`` ones included.
     """
     result = QTable(table, copy=True)
     n = len(result)
@@ -202,8 +219,20 @@ def build_result_table(table, flags, predictions, *, meta=None):
     flags[(flags == "") & ~finite] = MODEL_FAILED
     mask = flags != ""
     flags[~mask] = FLAG_OK
+    score = np.full(n, np.nan) if ood_score is None else np.asarray(ood_score, dtype=np.float64)
+    if score.shape != (n,):
+        msg = f"ood_score has shape {score.shape}, expected ({n},)"
+        raise ValueError(msg)
+    if ood_threshold is not None and np.isfinite(ood_threshold):
+        from .ood import _ood_flag
+
+        # the prediction is kept: the flag warns, it does not withhold
+        for k in np.flatnonzero(~mask & np.isfinite(score) & (score > ood_threshold)):
+            flags[k] = _ood_flag(score[k], ood_threshold)
     for name in names:
         result[name] = _masked_column(values[name], mask, _OUTPUT_UNITS[name])
+    result["ood_score"] = MaskedColumn(np.where(np.isfinite(score), score, np.nan),
+                                       mask=~np.isfinite(score))
     result["flag"] = _flag_column(flags.astype(str))
     if meta:
         result.meta.update(meta)

@@ -33,8 +33,17 @@ Steps (every seed fixed, so the run is reproducible):
    catalogue mass, gradient boosting on *gri* photometry and on image colours,
    the training mean); real validation set against predicting the training mean,
    the image-colour baseline, and a ResNet-18 trained on the 320 real JPEGs only.
-6. Write the weights (float16) and metadata to ``--output`` and the metrics to a
-   JSON report (figures go to the work folder).
+6. Out-of-distribution reference (`astro_metallicity.ood`): embeddings and image
+   statistics of the 400 real JPEGs and of ``--ood-sim`` simulated training
+   cutouts, summarised per group (means, principal components, covariances; no
+   per-galaxy values), with the threshold that flags 2 % of the real galaxies
+   out of fold (5-fold; the flag rate reported comes from nested
+   cross-validation). ``--ood-only`` does just this step for the model already
+   in ``--output``, leaving its weights untouched.
+7. Write the weights (float16), metadata (with ``cutout_source='jpeg'``: every
+   training image came through the ImgCutout route) and OOD statistics
+   (``<model-name>_ood.npz``) to ``--output`` and the metrics to a JSON report
+   (figures go to the work folder).
 
 On a GPU (``--device auto`` finds it) the same command runs much faster; on
 CPU set ``--threads``.
@@ -191,6 +200,109 @@ def _fresh_sky_check(model, args, work, figures):
     return evaluate(model, fresh, figures_dir=figures, label="fresh_sim_sky")
 
 
+#: Quantile of the real galaxies' out-of-fold OOD scores that sets the threshold.
+OOD_QUANTILE = 0.98
+
+
+def ood_reference(model, real_images, sim_images, *, quantile=OOD_QUANTILE, seed=0):
+    """Out-of-distribution reference statistics and metadata for a trained model.
+
+    Parameters
+    ----------
+    model : `~astro_metallicity.MetallicityModel`
+        The trained model.
+    real_images, sim_images : `~numpy.ndarray`
+        uint8 cutouts ``(N, 128, 128, 3)``: the real ImgCutout JPEGs and simulated
+        training cutouts (ImgCutout route of the mock sky).
+    quantile : float
+        Fraction of the real galaxies' out-of-fold scores below the threshold.
+    seed : int
+        Seed of the folds.
+
+    Returns
+    -------
+    reference : dict
+        For ``save_model(..., ood_reference=)``.
+    info : dict
+        ``metadata['ood']``.
+    """
+    from astro_metallicity import ood
+
+    images = np.concatenate([real_images, sim_images])
+    groups = np.array(["real_jpeg"] * len(real_images) + ["sim_jpeg"] * len(sim_images))
+    _, embeddings = model._run(images, embed=True)
+    features = ood._image_features(images)
+    threshold, calibration = ood._calibrate(embeddings, features, groups,
+                                            calibration_group="real_jpeg", quantile=quantile,
+                                            seed=seed)
+    reference = ood._fit_reference(embeddings, features, groups, seed=seed)
+    info = {
+        "format_version": ood.OOD_FORMAT_VERSION,
+        "method": ("max of two distances, each to the nearest group of training images and in "
+                   "units of that group's 95th percentile (5-fold): Mahalanobis distance of the "
+                   "penultimate-layer embedding (mean over the 8 dihedral views) in a "
+                   f"PCA-whitened space ({ood._EMBEDDING_COMPONENTS} components plus the "
+                   "residual, eigenvalue shrinkage), and Mahalanobis distance (Ledoit-Wolf) of "
+                   "image statistics"),
+        "threshold": threshold,
+        "threshold_rule": f"{quantile:g} quantile of the real JPEGs' 5-fold out-of-fold scores",
+        "image_features": list(ood.IMAGE_FEATURES),
+        "groups": {
+            "real_jpeg": {"n": len(real_images),
+                          "images": "the 400 real SDSS DR14 ImgCutout JPEGs (the network's "
+                                    "weights saw 320 of them in fine-tuning)"},
+            "sim_jpeg": {"n": len(sim_images),
+                         "images": "simulated training cutouts, mock ImgCutout route"},
+        },
+        "calibration": {
+            "n_folds": 5, "seed": seed,
+            "nested_cv_flag_rate": calibration["nested_flag_rate"],
+            "oof_flag_rate_at_threshold": calibration["oof_flag_rate"],
+        },
+    }
+    return reference, info
+
+
+def _ood_sim_images(args, sim_images=None):
+    """Simulated training cutouts for the OOD reference (a sample, or a small sky of the seed)."""
+    from astropy.coordinates import SkyCoord
+
+    from astro_metallicity import fetch_cutouts
+
+    if sim_images is not None:
+        pick = np.random.default_rng(args.seed).choice(
+            len(sim_images), min(args.ood_sim, len(sim_images)), replace=False)
+        return sim_images[np.sort(pick)]
+    # the training sky's seed and distribution, fewer galaxies: the same kind of images
+    with MockSDSS(n_galaxies=int(args.ood_sim * 1.1), seed=args.sim_seed):
+        catalog = query_training_catalog()
+        coords = SkyCoord(np.asarray(catalog["ra"]), np.asarray(catalog["dec"]), unit="deg")
+        cut = fetch_cutouts(coords, source="jpeg", scale="adaptive", size=128)
+    return cut.images[np.asarray(cut.flags) == ""][:args.ood_sim]
+
+
+def _real_images(args):
+    real_dir = Path(args.real_data)
+    return dataset_from_images(real_dir / "images", real_dir / "labels.csv")
+
+
+def run_ood_only(args):
+    """Step 6 alone: write the OOD reference of the model already in ``--output``."""
+    from astro_metallicity.model import _update_metadata
+
+    pt = Path(args.output) / f"{args.model_name}.pt"
+    model = load_model(pt, device=args.device)
+    real = _real_images(args)
+    reference, info = ood_reference(model, real.images, _ood_sim_images(args), seed=args.seed)
+    meta = model.metadata
+    meta["ood"] = info
+    meta["cutout_source"] = "jpeg"
+    _update_metadata(pt, meta, ood_reference=reference)
+    log.info(f"OOD reference of {pt} written: threshold {info['threshold']:.3f}, nested-CV "
+             f"flag rates {info['calibration']['nested_cv_flag_rate']}")
+    return {"model_file": _relative(pt), "ood": info}
+
+
 def run_bundled_recipe(args):
     """Run the recipe with parsed arguments (see ``main --help``). Returns the report dict."""
     import torch
@@ -258,8 +370,7 @@ def run_bundled_recipe(args):
                half=False)
 
     # 4. real JPEGs: fixed split, fine-tuning
-    real_dir = Path(args.real_data)
-    real = dataset_from_images(real_dir / "images", real_dir / "labels.csv")
+    real = _real_images(args)
     train_ids, val_ids = real_split(real.catalog["objID"])
     real_train, real_val = _select(real, train_ids), _select(real, val_ids)
     report["real_data"] = {
@@ -389,7 +500,14 @@ def run_bundled_recipe(args):
     meta["metrics"] = {
         key: {k: report[key][k] for k in ("cnn", "baselines", "rmse_gain_over_baselines")}
         for key in ("sim_test", "real_val")}
-    pt = save_model(model.network, meta, out_dir / args.model_name, half=True)
+    # every training image came through the ImgCutout route: predictions default to it
+    meta["cutout_source"] = "jpeg"
+    reference, meta["ood"] = ood_reference(model, real.images,
+                                           _ood_sim_images(args, sim_train.images),
+                                           seed=args.seed)
+    report["ood"] = meta["ood"]
+    pt = save_model(model.network, meta, out_dir / args.model_name, half=True,
+                    ood_reference=reference)
     report["model_file"] = _relative(pt)
     report["model_size_mb"] = round(pt.stat().st_size / 1e6, 2)
     if args.n_fresh > 0:
@@ -464,6 +582,11 @@ def _parser():
                    help="simulated validation cutouts used for error calibration")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--progress", action="store_true", help="progress bar for the cutouts")
+    p.add_argument("--ood-sim", type=int, default=1000,
+                   help="simulated training cutouts in the out-of-distribution reference")
+    p.add_argument("--ood-only", action="store_true",
+                   help="only write the out-of-distribution reference (and cutout_source) of "
+                        "the model already in --output; its weights are not touched")
     return p
 
 
@@ -473,6 +596,9 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     args.argv = argv
     log.setLevel("INFO")
+    if args.ood_only:
+        print(json.dumps(run_ood_only(args), indent=2))
+        return 0
     report = run_bundled_recipe(args)
     print(json.dumps({k: report[k] for k in ("model_file", "timings_s")}, indent=2))
     return 0

@@ -138,15 +138,16 @@ def test_float_and_integer_images_convert_as_before(galaxy, model):
 
 
 def test_non_finite_model_output_is_flagged(galaxy, model, monkeypatch):
-    original = MetallicityModel.predict
+    original = MetallicityModel._run
 
     def nan_for_second(self, images, **kwargs):
-        out = original(self, images, **kwargs)
+        out, embedding = original(self, images, **kwargs)
         out["metallicity"][1] = np.nan
         out["log_mstar_err"][2] = np.inf
-        return out
+        return out, embedding
 
-    monkeypatch.setattr(MetallicityModel, "predict", nan_for_second)
+    # the pipeline runs the network through _run (predictions and embedding together)
+    monkeypatch.setattr(MetallicityModel, "_run", nan_for_second)
     result = predict_metallicity_from_images([galaxy] * 4, model=model)
     flags, masked = _rows(result)
     failed = "model_failed: non-finite output"

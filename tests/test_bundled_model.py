@@ -135,3 +135,39 @@ def test_beats_the_mean_on_all_400(all_400, model_card):
     baseline = _rmse(np.full(80, true[~is_val].mean()), true[is_val])
     assert baseline == pytest.approx(model_card["real_val"]["baselines"]["training_mean"]["rmse"],
                                      abs=1e-6)
+
+
+def test_default_route_is_the_training_route():
+    """Every training image came through the ImgCutout route; predictions default to it."""
+    from astro_metallicity import conf
+    from astro_metallicity.predict import _resolve_source
+
+    model = _model()
+    assert model.metadata["cutout_source"] == "jpeg"
+    with conf.set_temp("cutout_source", "frames"):
+        assert _resolve_source(None, model) == "jpeg"
+        assert _resolve_source("frames", model) == "frames"
+
+
+def _mock_predictions(sky, source, n):
+    from astropy.coordinates import SkyCoord
+
+    from astro_metallicity import predict_metallicity
+
+    coords = SkyCoord(sky.catalog["ra"][:n], sky.catalog["dec"][:n])
+    return predict_metallicity(coords, source=source, model=_model())
+
+
+def test_mock_galaxies_are_not_flagged_ood(mock_sdss):
+    """The simulated galaxies of the tests and docs are typical training images."""
+    result = _mock_predictions(mock_sdss, "jpeg", 6)
+    assert list(result["flag"]) == ["ok"] * 6
+    assert np.all(np.asarray(result["ood_score"]) < _model().metadata["ood"]["threshold"])
+
+
+@pytest.mark.slow
+def test_mock_frames_composites_are_not_flagged_ood(mock_sdss):
+    """The same through the frames route (locally built composites; renders frames)."""
+    result = _mock_predictions(mock_sdss, "frames", 6)
+    assert list(result["flag"]) == ["ok"] * 6
+    assert np.all(np.asarray(result["ood_score"]) < _model().metadata["ood"]["threshold"])

@@ -208,9 +208,10 @@ def test_non_finite_model_output_is_flagged_in_the_pipeline(sdss, model, monkeyp
 
     def nan_model(self, images, **kwargs):
         return {key: np.full(len(images), np.nan) for key in
-                ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err")}
+                ("metallicity", "metallicity_err", "log_mstar", "log_mstar_err")}, None
 
-    monkeypatch.setattr(MetallicityModel, "predict", nan_model)
+    # the pipeline runs the network through _run (predictions and embedding together)
+    monkeypatch.setattr(MetallicityModel, "_run", nan_model)
     table, _ = _targets_table(sdss, n=2)
     result = predict_metallicity(table, source="jpeg", model=model)
     assert list(result["flag"]) == ["model_failed: non-finite output"] * 2 + [

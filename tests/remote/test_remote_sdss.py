@@ -72,3 +72,45 @@ def test_predict_with_bundled_model():
     result = predict_metallicity(Table({"ra": [TARGET.ra.deg, np.nan], "dec": [TARGET.dec.deg, 0]}))
     assert result["flag"][0] == "ok" and result["flag"][1].startswith("bad_coordinates")
     assert 7.5 * u.dex < result["metallicity"][0].unmasked < 9.8 * u.dex
+
+
+# Five of the 400 real galaxies in ../shared/data/sdss-gri-jpeg-400 (their JPEGs are the
+# bundled model's training images); positions are looked up by objID.
+ROUTE_OBJIDS = (1237648720689102920, 1237651753464692777, 1237655107843260592,
+                1237661357006913641, 1237665331459784787)
+
+
+def test_frames_composites_match_imgcutout_jpegs():
+    """The locally built frames composite against SkyServer's own ImgCutout JPEG.
+
+    Nobody has run this test against the real services yet: the frames route is
+    not verified (see docs/limits.rst). Per channel, the mean and spread of the two
+    images must correlate across galaxies, and the bundled model's predictions from
+    the two routes must agree within 0.1 dex on average.
+    """
+    from astro_metallicity import predict_metallicity
+    from astro_metallicity.model import bundled_model_path
+
+    ids = ", ".join(str(i) for i in ROUTE_OBJIDS)
+    rows = _sdss.query_sql(f"SELECT objID, ra, dec FROM PhotoObj WHERE objID IN ({ids})")
+    assert len(rows) == len(ROUTE_OBJIDS)
+    coords = SkyCoord(np.asarray(rows["ra"], float), np.asarray(rows["dec"], float), unit="deg")
+    frames = fetch_cutouts(coords, source="frames", size=128)
+    jpeg = fetch_cutouts(coords, source="jpeg", size=128)
+    assert list(frames.flags) == list(jpeg.flags) == [""] * len(ROUTE_OBJIDS)
+    f = frames.images.reshape(len(coords), -1, 3).astype(float)
+    j = jpeg.images.reshape(len(coords), -1, 3).astype(float)
+    for stat in (np.mean, np.std):
+        for channel in range(3):
+            a, b = stat(f[..., channel], axis=1), stat(j[..., channel], axis=1)
+            assert np.corrcoef(a, b)[0, 1] > 0.8, (stat.__name__, channel, a, b)
+            assert np.all(np.abs(a - b) < 0.5 * b + 5), (stat.__name__, channel, a, b)
+    if not bundled_model_path().is_file():
+        pytest.skip("bundled model not installed")
+    z = {}
+    for source in ("frames", "jpeg"):
+        result = predict_metallicity(coords, source=source)
+        assert not np.any(np.asarray(result["metallicity"].mask))
+        z[source] = np.asarray(result["metallicity"].unmasked.to_value(u.dex))
+    assert np.mean(np.abs(z["frames"] - z["jpeg"])) < 0.1
+    assert np.max(np.abs(z["frames"] - z["jpeg"])) < 0.2
