@@ -163,6 +163,7 @@ def _empty_predictions(frame, outputs):
     for name in outputs:
         for key in (name, f"{name}_err"):
             cols[key] = pd.Series(np.full(len(frame), np.nan), index=frame.index)
+    cols["ood_score"] = pd.Series(np.full(len(frame), np.nan), index=frame.index)
     cols["flag"] = pd.Series(np.full(len(frame), "", dtype=object), index=frame.index,
                              dtype=_flag_dtype())
     return cols
@@ -186,6 +187,13 @@ def _coordinate_column(series):
     else:
         values = np.asarray(series.astype(object).where(~mask, ""), dtype=str)
     return MaskedColumn(values, mask=mask)
+
+
+def _unmasked_float(column):
+    """A result column's values as float64, NaN where masked (a Parquet/pandas column)."""
+    values = getattr(column, "unmasked", column)
+    values = np.asarray(getattr(values, "value", values), dtype=np.float64)
+    return np.where(np.asarray(getattr(column, "mask", False)), np.nan, values)
 
 
 def _predict_partition(frame, *, ra_column, dec_column, source, scale, model, device, outputs,
@@ -217,10 +225,8 @@ def _predict_partition(frame, *, ra_column, dec_column, source, scale, model, de
         cols = {}
         for name in outputs:
             for key in (name, f"{name}_err"):
-                column = result[key]
-                values = np.asarray(getattr(column, "unmasked", column).value, dtype=np.float64)
-                values = np.where(np.asarray(getattr(column, "mask", False)), np.nan, values)
-                cols[key] = pd.Series(values, index=frame.index)
+                cols[key] = pd.Series(_unmasked_float(result[key]), index=frame.index)
+        cols["ood_score"] = pd.Series(_unmasked_float(result["ood_score"]), index=frame.index)
         cols["flag"] = pd.Series(np.asarray(result["flag"].filled(""), dtype=str),
                                  index=frame.index, dtype=_flag_dtype())
     out = frame.assign(**cols)
@@ -486,8 +492,10 @@ def predict_metallicity_catalog(catalog, *, ra_column=None, dec_column=None, sou
         ``_healpix_29`` index and partitions), rows in the input order, plus
         ``metallicity``, ``metallicity_err``, ``log_mstar`` and
         ``log_mstar_err`` (when the model predicts stellar mass) as float64
-        with NaN where there is no prediction, and ``flag`` (string; ``'ok'``
-        when predicted, else why not, as in
+        with NaN where there is no prediction, ``ood_score`` (float64, NaN
+        where there is none; see `~astro_metallicity.ood.ood_score`) and
+        ``flag`` (string; ``'ok'`` when predicted, ``'ood: ...'`` when
+        predicted but unlike the training images, else why not, as in
         `~astro_metallicity.predict_metallicity`). Units
         (``astro_metallicity.distributed.PREDICTION_UNITS``:
         ``dex`` and ``dex(solMass)``) and provenance are recorded in
@@ -558,7 +566,7 @@ def predict_metallicity_catalog(catalog, *, ra_column=None, dec_column=None, sou
     outputs = list(loaded.outputs)
     source = _resolve_source(source, loaded)  # fixed here, the same on every worker
     clash = [name for name in _RESULT_COLUMNS if name in meta.columns and
-             (name == "flag" or name.removesuffix("_err") in outputs)]
+             (name in ("flag", "ood_score") or name.removesuffix("_err") in outputs)]
     if clash:
         msg = (f"the catalogue already has column(s) {clash}; rename or drop them before "
                "predicting (the result adds these columns)")

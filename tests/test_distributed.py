@@ -86,6 +86,9 @@ def _check_equal(out, ref, frame):
         got = out[name].to_numpy(dtype=float)
         assert np.all(np.isnan(got[~good]))
         np.testing.assert_allclose(got[good], expected[good], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out["ood_score"].to_numpy(dtype=float),
+                               np.asarray(ref["ood_score"].filled(np.nan), dtype=float),
+                               rtol=0, atol=1e-6, equal_nan=True)
 
 
 def test_dask_dataframe_matches_single_process(sky, client, pipeline_model, tmp_path):
@@ -96,7 +99,7 @@ def test_dask_dataframe_matches_single_process(sky, client, pipeline_model, tmp_
         ddf = dd.from_pandas(frame, npartitions=4)
         result = predict_metallicity_catalog(ddf, source="jpeg", model=pipeline_model)
     assert isinstance(result, dd.DataFrame)
-    assert list(result.columns) == [*frame.columns, *COLUMNS, "flag"]
+    assert list(result.columns) == [*frame.columns, *COLUMNS, "ood_score", "flag"]
     out = result.compute()
     assert list(out.index) == list(frame.index)
     _check_equal(out, ref, frame)
