@@ -237,6 +237,43 @@ def reproject_band(frames, wcs_out, shape_out):
     return image, footprint
 
 
+def _output_world(wcs_out, shape_out):
+    """Sky positions of the output pixels, in the order `reproject.reproject_interp` uses."""
+    ny, nx = shape_out
+    y, x = np.meshgrid(np.arange(ny, dtype=float), np.arange(nx, dtype=float), indexing="ij")
+    return wcs_out.pixel_to_world(x.ravel(), y.ravel())
+
+
+def _interp_frame(data, wcs_in, world, shape_out):
+    """`reproject_band` of one frame, given the output pixels' sky positions ``world``.
+
+    The same arithmetic as `reproject.reproject_interp` (bilinear,
+    ``roundtrip_coords=False``): ``astropy.wcs.utils.pixel_to_pixel`` is
+    ``wcs_in.world_to_pixel(wcs_out.pixel_to_world(...))``, and the sampling
+    is `scipy.ndimage.map_coordinates` with reproject's edge rule (a
+    position in the outer half of a border pixel takes that pixel's value).
+    Computing ``world`` once serves the three bands of a cutout, and this
+    skips reproject's per-call set-up (a temporary directory), which on small
+    cutouts costs as much as the interpolation itself.
+    """
+    from scipy.ndimage import map_coordinates
+
+    data = np.asarray(data, dtype=np.float32)
+    x, y = wcs_in.world_to_pixel(world)
+    coords = np.array([y, x], dtype=float)
+    for axis, n in enumerate(data.shape):
+        c = coords[axis]
+        c[(c < 0) & (c >= -0.5)] = 0
+        c[(c < n - 0.5) & (c >= n - 1)] = n - 1
+    image = np.empty(coords.shape[1])
+    map_coordinates(data, coords, output=image, order=1, cval=np.nan, mode="constant")
+    image = image.reshape(shape_out)
+    footprint = (~np.isnan(image)).astype(float)
+    image = np.nan_to_num(image, nan=0.0)
+    image[footprint <= 0] = 0.0
+    return image, footprint
+
+
 def subtract_background(image, *, coverage=None, n_sigma=2.0):
     """Subtract a constant background estimated with photutils, sources masked.
 
@@ -346,8 +383,16 @@ def make_cutout(frames, center, *, size=128, scale=SDSS_PIXEL_SCALE, stretch=Non
     wcs_out = cutout_wcs(center, size * f, scale_arcsec / f * u.arcsec / u.pix)
     bands = {}
     coverage = np.ones((size, size))
+    shape = (size * f, size * f)
+    world = None
     for band in "gri":
-        image, cov = reproject_band(frames[band], wcs_out, (size * f, size * f))
+        pairs = [_as_data_wcs(frame) for frame in frames[band]]
+        if len(pairs) == 1:
+            if world is None:  # shared by the bands (each frame has its own WCS)
+                world = _output_world(wcs_out, shape)
+            image, cov = _interp_frame(*pairs[0], world, shape)
+        else:  # a mosaic
+            image, cov = reproject_band(pairs, wcs_out, shape)
         if f > 1:
             image = image.reshape(size, f, size, f).mean(axis=(1, 3))
             cov = cov.reshape(size, f, size, f).mean(axis=(1, 3))

@@ -474,3 +474,79 @@ def test_astroquery_urls_nested_conflict_is_refused_not_a_hang(sdss):
     assert astroquery.sdss.conf.skyserver_baseurl == before
     with _http.astroquery_sdss():  # nothing left held
         assert astroquery.sdss.conf.skyserver_baseurl == sdss.url
+
+
+def _straightforward_cutout(position, scale, size, fields):
+    """One target's cutout the plain way: the fields frames_for_target chooses, their frames
+    read with their headers, each band through reproject_interp (reproject_band), the
+    per-cutout background and the composite."""
+    from astro_metallicity.preprocess import (cutout_wcs, gri_composite, reproject_band,
+                                              subtract_background)
+
+    idents = [(int(r["run"]), int(r["camcol"]), int(r["field"])) for r in fields]
+    # the sky has 3 fields (9 frames): all stay in memory, so a frame is one array
+    field_of = {id(_sdss.load_frame(*ident, "r")[0]): ident for ident in idents}
+    chosen, complete = _fields.frames_for_target(position, scale, size, fields)
+    assert complete
+    chosen = [field_of[id(data)] for data, _ in chosen["r"]]
+    f = max(1, int(np.ceil(scale / 0.396 - 0.25)))
+    out_wcs = cutout_wcs(position, size * f, scale / f * u.arcsec / u.pix)
+    bands = {}
+    for band in "gri":
+        frames = [_sdss.load_frame(*ident, band) for ident in chosen]  # (data, header)
+        image, cov = reproject_band(frames, out_wcs, (size * f, size * f))
+        image = image.reshape(size, f, size, f).mean(axis=(1, 3))
+        cov = cov.reshape(size, f, size, f).mean(axis=(1, 3))
+        bands[band], _ = subtract_background(image, coverage=cov)
+    return gri_composite(bands["g"], bands["r"], bands["i"]), len(chosen)
+
+
+def test_fast_frames_route_equals_the_straightforward_computation(sdss, pipeline_model):
+    """The frames route (targets ordered by field, frames decompressed and their WCS parsed
+    once, the output grid transformed once per cutout) gives the cutouts and predictions of
+    the plain per-target computation; a mosaic target included."""
+    from astro_metallicity import predict_metallicity_from_images
+
+    size = 64
+    coords, _ = _galaxies(sdss, 3, camcol=1)  # the fields of the edge galaxy's mosaic
+    edge, edge_scale = _edge_galaxy(sdss, size)
+    coords = SkyCoord([*coords, edge])
+    scales = np.array([0.3, 0.9, 0.2, edge_scale])  # the 0.9 cutout is supersampled (f = 3)
+    fast = fetch_cutouts(coords, source="frames", scale=scales * u.arcsec / u.pix, size=size)
+    assert list(fast.flags) == [""] * 4
+    table = _sdss.query_fields(0.0, 360.0, -90.0, 90.0)
+    assert len(table) == 3
+    plain, n_fields = zip(*[_straightforward_cutout(c, s, size, table)
+                            for c, s in zip(coords, scales)])
+    plain = np.stack(plain)
+    assert n_fields[-1] == 2  # the edge galaxy's cutout is a mosaic
+    diff = np.abs(fast.images.astype(int) - plain.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 1e-3
+    got = predict_metallicity_from_images(fast.images, model=pipeline_model)["metallicity"]
+    want = predict_metallicity_from_images(plain, model=pipeline_model)["metallicity"]
+    assert np.max(np.abs(got - want)).to_value(u.dex) <= 1e-4
+
+
+def test_frames_route_decompresses_each_frame_once(sdss, monkeypatch):
+    """Targets in random order over three fields, four download threads: every frame is
+    downloaded and decompressed once (targets are run field by field, and threads asking
+    for a frame another thread is loading wait for it instead of decompressing it again)."""
+    coords, _ = _galaxies(sdss, 24)
+    coords = coords[np.random.default_rng(3).permutation(len(coords))]
+    parsed = Counter()
+    real_parse = _sdss.parse_frame
+
+    def parse_frame(content, band=None):
+        data, header = real_parse(content, band)
+        parsed[(header["RUN"], header["CAMCOL"], header["FIELD"], band)] += 1
+        return data, header
+
+    monkeypatch.setattr(_sdss, "parse_frame", parse_frame)
+    before = len(sdss.requests)
+    with conf.set_temp("max_workers", 4):
+        result = fetch_cutouts(coords, source="frames", scale=SCALE, size=32)
+    assert np.all(result.good)
+    downloads = _frame_downloads(sdss.requests[before:])
+    assert set(downloads.values()) == {1}
+    assert len(parsed) == len(downloads) >= 6
+    assert set(parsed.values()) == {1}

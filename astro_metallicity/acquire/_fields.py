@@ -1,13 +1,15 @@
 """Field geometry: which SDSS fields cover a cutout, and footprint tests."""
 
+import warnings
+
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import Angle
 
 from ..logger import log
-from ..preprocess import cutout_wcs, header_wcs
+from ..preprocess import cutout_wcs
 from ._http import FetchError
-from ._sdss import FRAME_SHAPE, load_frame, query_fields
+from ._sdss import load_frame_wcs, query_fields
 
 __all__ = ["frames_for_target", "group_targets", "half_width_deg", "in_footprint",
            "ra_interval"]
@@ -65,25 +67,29 @@ def _sample_points(center, scale_arcsec, size, n=7):
     return w.pixel_to_world(x.ravel(), y.ravel())
 
 
-def _frame_covers(header, points):
-    """Which ``points`` fall on the frame's pixels."""
-    wcs = header_wcs(header)  # a new WCS, ours to change
-    wcs.pixel_shape = (int(header.get("NAXIS1", FRAME_SHAPE[1])),
-                       int(header.get("NAXIS2", FRAME_SHAPE[0])))
-    # footprint_contains takes pixel coordinates in (0, N); the frame's pixel edges
-    # are at -0.5 and N - 0.5 (where reproject's coverage ends): shift half a pixel.
-    wcs.wcs.crpix = wcs.wcs.crpix + 0.5
-    covers = wcs.footprint_contains(points)
+def _frame_covers(wcs, shape, points):
+    """Which ``points`` fall on the pixels of a frame of ``shape`` (ny, nx)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a point far off the frame may not convert
+        try:
+            x, y = points.to_pixel(wcs)
+        except Exception:  # noqa: BLE001 - no point is on the frame
+            return np.zeros(points.shape, dtype=bool)
+    # The frame's pixel edges are at -0.5 and N - 0.5 (where reproject's coverage ends).
+    covers = (x > -0.5) & (x < shape[1] - 0.5) & (y > -0.5) & (y < shape[0] - 0.5)
     return np.broadcast_to(covers, points.shape)
 
 
-def _box_covers(row, points):
-    ref = float(row["raMin"])
-    lo, hi = ra_interval({"raMin": [row["raMin"]], "raMax": [row["raMax"]]}, ref)
-    dra = _ra_offset(points.ra.deg, ref)
-    dec = points.dec.deg
-    return ((dra >= lo[0]) & (dra <= hi[0])
-            & (dec >= row["decMin"]) & (dec <= row["decMax"]))
+def _boxes_cover(candidates, points):
+    """``(n_candidates, n_points)``: which points each candidate's bounding box holds."""
+    ra_min = np.asarray(candidates["raMin"], dtype=float)
+    width = _ra_offset(np.asarray(candidates["raMax"], dtype=float), ra_min)
+    width = np.where(width < 0, width + 360.0, width)[:, None]
+    dra = _ra_offset(points.ra.deg[None, :], ra_min[:, None])
+    dec = points.dec.deg[None, :]
+    return ((dra >= 0) & (dra <= width)
+            & (dec >= np.asarray(candidates["decMin"], float)[:, None])
+            & (dec <= np.asarray(candidates["decMax"], float)[:, None]))
 
 
 def frames_for_target(center, scale, size, candidates):
@@ -108,8 +114,9 @@ def frames_for_target(center, scale, size, candidates):
     Returns
     -------
     frames : dict
-        ``{'g': [(data, header), ...], 'r': [...], 'i': [...]}`` (empty lists
-        when no field holds the target).
+        ``{'g': [(data, wcs), ...], 'r': [...], 'i': [...]}`` (empty lists
+        when no field holds the target), with each frame's celestial
+        `~astropy.wcs.WCS` (its header is parsed once per frame).
     complete : bool
         Whether the chosen fields cover the whole cutout.
 
@@ -122,28 +129,25 @@ def frames_for_target(center, scale, size, candidates):
     uncovered = np.ones(len(points), dtype=bool)
     center_index = len(points) // 2
     chosen = []
-    tried = set()
-    while uncovered.any():
-        best, best_count = None, 0
-        for k, row in enumerate(candidates):
-            if k in tried:
-                continue
-            count = int(np.sum(_box_covers(row, points) & uncovered))
-            if count > best_count:
-                best, best_count = k, count
-        if best is None:
+    in_box = (_boxes_cover(candidates, points) if len(candidates)
+              else np.zeros((0, len(points)), dtype=bool))
+    untried = np.ones(len(in_box), dtype=bool)
+    while uncovered.any() and untried.any():
+        counts = np.where(untried, np.sum(in_box & uncovered, axis=1), 0)
+        best = int(np.argmax(counts))  # the first of the best ranked
+        if counts[best] == 0:
             break
-        tried.add(best)
+        untried[best] = False
         row = candidates[best]
         ident = (int(row["run"]), int(row["camcol"]), int(row["field"]), int(row["rerun"]))
         try:
-            _, header = load_frame(ident[0], ident[1], ident[2], "r", rerun=ident[3])
+            data, _, wcs = load_frame_wcs(ident[0], ident[1], ident[2], "r", rerun=ident[3])
         except FetchError as exc:
             if exc.reason.startswith("HTTP 404"):  # listed but not on the SAS: try the others
                 log.debug(f"frame {ident} not found on the SAS; skipping it")
                 continue
             raise
-        covers = _frame_covers(header, points)
+        covers = _frame_covers(wcs, data.shape, points)
         if np.any(covers & uncovered):
             chosen.append(ident)
             uncovered &= ~covers
@@ -152,7 +156,8 @@ def frames_for_target(center, scale, size, candidates):
         return frames, False
     for run, camcol, field, rerun in chosen:
         for band in "gri":
-            frames[band].append(load_frame(run, camcol, field, band, rerun=rerun))
+            data, _, wcs = load_frame_wcs(run, camcol, field, band, rerun=rerun)
+            frames[band].append((data, wcs))
     return frames, not uncovered.any()
 
 

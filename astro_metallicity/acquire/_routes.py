@@ -93,7 +93,9 @@ def fetch_frame_cutouts(coords, scales, size, *, stretch=None, progress=False):
 
     _run_all(lambda key: query_fields(*boxes[key]), list(groups), False, store_fields)
     # 2. Per target: the fields whose box reaches its cutout
+    ra_all, dec_all = coords.ra.deg, coords.dec.deg
     target_fields = {}
+    field_key = {}
     for key, idx in groups.items():
         if key not in candidates:
             continue
@@ -101,13 +103,22 @@ def fetch_frame_cutouts(coords, scales, size, *, stretch=None, progress=False):
         for i in idx:
             if len(table) == 0:
                 target_fields[i] = table
+                field_key[i] = ()
                 continue
-            ra, dec, h = coords[i].ra.deg, coords[i].dec.deg, half[i]
+            ra, dec, h = ra_all[i], dec_all[i], half[i]
             cosd = max(np.cos(np.deg2rad(abs(dec) + h)), 1e-3)
             lo, hi = ra_interval(table, ra)
             sel = ((hi > -h / cosd) & (lo < h / cosd)
                    & (table["decMax"] > dec - h) & (table["decMin"] < dec + h))
             target_fields[i] = table[sel]
+            # the first field whose box holds the centre: targets of one field run
+            # together, so each frame is decompressed about once per chunk
+            inside = np.flatnonzero(sel & (lo <= 0) & (hi >= 0) & (table["decMin"] <= dec)
+                                    & (table["decMax"] >= dec))
+            row = table[inside[0]] if inside.size else None
+            field_key[i] = () if row is None else (int(row["run"]), int(row["camcol"]),
+                                                   int(row["field"]))
+    order = sorted(target_fields, key=lambda i: (field_key[i], i))
 
     # 3. Per target: choose and download frames, build the cutout
     def work(i):
@@ -132,7 +143,7 @@ def fetch_frame_cutouts(coords, scales, size, *, stretch=None, progress=False):
         if rgb is not None and flags[i] == "":
             images[i] = rgb
 
-    _run_all(work, list(target_fields), progress, store_cutout)
+    _run_all(work, order, progress, store_cutout)
     return images, flags
 
 

@@ -8,9 +8,10 @@ as ADQL through `pyvo.dal.TAPService`. Every URL comes from `.sdss_urls`.
 """
 
 import bz2
-import functools
 import io
+import threading
 import warnings
+from collections import OrderedDict
 
 import numpy as np
 import pyvo
@@ -22,6 +23,7 @@ from astroquery.sdss import SDSS
 from PIL import Image
 
 from .._config import conf
+from ..preprocess import header_wcs
 from ._http import (
     FetchError,
     _Retryable,
@@ -37,8 +39,8 @@ from ._http import (
 )
 
 __all__ = ["FIELD_SQL", "FRAME_SHAPE", "clear_memory_cache", "fetch_jpeg", "flag_from_error",
-           "frame_url", "jpeg_url", "load_frame", "lookup_petro_r90", "parse_frame", "query_fields",
-           "query_sql"]
+           "frame_url", "jpeg_url", "load_frame", "load_frame_wcs", "lookup_petro_r90",
+           "parse_frame", "query_fields", "query_sql"]
 
 #: SQL used to find the fields around a position (SkyServer ``Field`` table); valid ADQL too.
 FIELD_SQL = ("SELECT run, rerun, camcol, field, raMin, raMax, decMin, decMax FROM Field "
@@ -353,19 +355,86 @@ def parse_frame(content, band=None):
     return data, header
 
 
-# Decompressed frames (~12 MB each) of the last few fields: the frames route reads
-# the r frame of a field to check its coverage, then g, r and i for the cutout, and
-# neighbouring targets share fields. The key is the cache path, so a changed cache
-# directory or server never returns another's frame.
-@functools.lru_cache(maxsize=12)
-def _load_frame_memo(path, url, band):
-    return cached_download(path, url, None, lambda content: parse_frame(content, band),
-                           f"frame {path.name}")
+class _FrameMemo:
+    """Decompressed frames (~12 MB each) of the last few fields, with their WCS.
+
+    The frames route reads the r frame of a field to check its coverage, then
+    g, r and i for the cutout, and neighbouring targets share fields (the route
+    orders its targets by field). Thread-safe, and each frame is decompressed
+    once even when several download threads ask for it at the same time
+    (`functools.lru_cache` would let each of them decompress it). The key
+    holds the cache path, so a changed cache directory or server never
+    returns another's frame.
+    """
+
+    def __init__(self, maxsize):
+        self.maxsize = maxsize
+        self._lock = threading.Lock()
+        self._values = OrderedDict()
+        self._loading = {}  # key -> Lock held by the thread loading it
+
+    def get(self, key, load):
+        while True:
+            with self._lock:
+                if key in self._values:
+                    self._values.move_to_end(key)
+                    return self._values[key]
+                pending = self._loading.get(key)
+                if pending is None:
+                    pending = self._loading[key] = threading.Lock()
+                    pending.acquire()
+                    break
+            with pending:  # another thread is loading it: wait, then look again
+                pass
+        try:
+            value = load()
+            with self._lock:
+                self._values[key] = value
+                while len(self._values) > self.maxsize:
+                    self._values.popitem(last=False)
+            return value
+        finally:
+            with self._lock:
+                del self._loading[key]
+            pending.release()
+
+    def clear(self):
+        with self._lock:
+            self._values.clear()
+
+
+_frames = _FrameMemo(maxsize=12)
+
+
+def _parse_frame_wcs(content, band):
+    data, header = parse_frame(content, band)
+    return data, header, header_wcs(header)
 
 
 def clear_memory_cache():
     """Forget the decompressed frames kept in memory (the disk cache stays)."""
-    _load_frame_memo.cache_clear()
+    _frames.clear()
+
+
+def load_frame_wcs(run, camcol, field, band, *, rerun=301, data_release=None):
+    """Like `load_frame`, and the frame's celestial WCS (parsed once per frame).
+
+    Returns
+    -------
+    data : `~numpy.ndarray`
+    header : `~astropy.io.fits.Header`
+    wcs : `~astropy.wcs.WCS`
+        The caller's own copy (astropy's WCS objects are not safe to share
+        between threads); the header is parsed once per frame.
+    """
+    dr = _release(data_release)
+    name = f"frame-{band}-{int(run):06d}-{int(camcol)}-{int(field):04d}.fits.bz2"
+    path = (server_dir(sdss_urls().sas) / f"dr{dr}" / "frames" / str(rerun)
+            / str(int(run)) / str(int(camcol)) / name)
+    url = frame_url(run, camcol, field, band, rerun=rerun, data_release=dr)
+    data, header, wcs = _frames.get((path, url, band), lambda: cached_download(
+        path, url, None, lambda content: _parse_frame_wcs(content, band), f"frame {path.name}"))
+    return data, header, wcs.deepcopy()
 
 
 def load_frame(run, camcol, field, band, *, rerun=301, data_release=None):
@@ -394,12 +463,9 @@ def load_frame(run, camcol, field, band, *, rerun=301, data_release=None):
     FetchError
         If the frame cannot be downloaded or never validates.
     """
-    dr = _release(data_release)
-    name = f"frame-{band}-{int(run):06d}-{int(camcol)}-{int(field):04d}.fits.bz2"
-    path = (server_dir(sdss_urls().sas) / f"dr{dr}" / "frames" / str(rerun)
-            / str(int(run)) / str(int(camcol)) / name)
-    url = frame_url(run, camcol, field, band, rerun=rerun, data_release=dr)
-    return _load_frame_memo(path, url, band)
+    data, header, _ = load_frame_wcs(run, camcol, field, band, rerun=rerun,
+                                     data_release=data_release)
+    return data, header
 
 
 # --------------------------------------------------------------------------- JPEGs

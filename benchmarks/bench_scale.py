@@ -1,0 +1,225 @@
+"""Benchmark at catalogue scale: one process against a Dask LocalCluster, on the frames route.
+
+Run: ``python benchmarks/bench_scale.py [--targets 2000] [--workers 2] [--max-workers 4]
+[--baseline PATH] [--model PATH] [--skip-cluster]``
+
+Simulates a sky of ``--targets`` galaxies (about 80 per SDSS field, as
+`~astro_metallicity.mock.MockSky` lays them out), renders all its g, r, i
+frames beforehand and serves them from `~astro_metallicity.mock.MockSDSS`,
+then predicts for every galaxy, in random order, with empty caches (cold):
+
+1. in this process: ``predict_metallicity(table, source='frames')``;
+2. on a ``dask.distributed.LocalCluster`` of ``--workers`` worker processes
+   (one thread each): ``predict_metallicity_catalog`` on a Dask DataFrame of
+   the same table, partitioned by HEALPix tile (``partition_by_healpix``);
+3. with ``--baseline PATH`` (a ``git archive`` of an older commit, e.g.
+   ``git archive b026db3 | tar x -C /tmp/base``): step 1 with that code, in a
+   subprocess with ``PYTHONPATH=PATH``, against the same server.
+
+Prints galaxies/s (wall clock) and per CPU second, the peak resident memory
+of the process and of each worker, the time split by stage (see
+``bench_predict.py``; summed over the workers for the cluster), the largest
+difference between the paths' predictions, and the frames route's speed-up
+against the baseline. Prints JSON last.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_predict import (  # noqa: E402
+    StageTimer,
+    cpu_seconds,
+    peak_rss_mb,
+    prerender_frames,
+    start_worker_timer,
+    stop_worker_timer,
+)
+
+
+def _model_path(arg, tmp):
+    from astro_metallicity.model import _save_untrained_model as save_untrained_model
+    from astro_metallicity.model import bundled_model_path
+
+    if arg is not None:
+        return str(arg), "given"
+    if bundled_model_path().is_file():
+        return str(bundled_model_path()), "bundled"
+    path = save_untrained_model(f"{tmp}/tiny", arch="tiny", input_size=32)
+    return str(path), "tiny untrained network (no bundled model)"
+
+
+def _single_process(table, model, cache_dir):
+    """Cold frames-route run of ``predict_metallicity`` in this process."""
+    from astro_metallicity import conf, predict_metallicity
+    from astro_metallicity.acquire._sdss import clear_memory_cache
+
+    clear_memory_cache()
+    with conf.set_temp("cache_dir", cache_dir), StageTimer() as timer:
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        result = predict_metallicity(table, source="frames", model=model, progress=False)
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    values = np.asarray(result["metallicity"].filled(np.nan).value, dtype=float)
+    return {"seconds": round(seconds, 1), "galaxies_per_s": round(len(table) / seconds, 2),
+            "galaxies_per_cpu_s": round(len(table) / cpu, 2),
+            "predicted": int(np.isfinite(values).sum()),
+            "peak_rss_mb": round(peak_rss_mb(), 0), "stages": timer.split()}, values
+
+
+def _child(args):
+    """``--child``: the single-process run of the code on PYTHONPATH, against a running server."""
+    from astropy.table import Table
+    from astroquery.sdss import conf as aq_conf
+
+    from astro_metallicity import conf, load_model
+
+    spec = json.loads(Path(args.child).read_text())
+    table = Table.read(spec["targets"], format="ascii.ecsv")
+    for c in (aq_conf, conf):
+        c.skyserver_baseurl = spec["skyserver"]
+        c.sas_baseurl = spec["sas"]
+    conf.max_workers = spec["max_workers"]
+    import torch
+
+    torch.set_num_threads(1)
+    import astro_metallicity
+
+    record, values = _single_process(table, load_model(spec["model"], device="cpu"),
+                                     spec["cache_dir"])
+    record["code"] = str(Path(astro_metallicity.__file__).parent)
+    np.save(spec["values"], values)
+    Path(spec["out"]).write_text(json.dumps(record))
+
+
+def _baseline(path, table, sdss, model_path, max_workers, tmp):
+    spec = {"targets": f"{tmp}/targets.ecsv", "skyserver": sdss.url, "sas": sdss.url + "/sas",
+            "model": model_path, "cache_dir": f"{tmp}/cache-baseline", "max_workers": max_workers,
+            "out": f"{tmp}/baseline.json", "values": f"{tmp}/baseline.npy"}
+    table.write(spec["targets"], format="ascii.ecsv", overwrite=True)
+    Path(f"{tmp}/spec.json").write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()))
+    subprocess.run([sys.executable, __file__, "--child", f"{tmp}/spec.json"], env=env, check=True)
+    return json.loads(Path(spec["out"]).read_text()), np.load(spec["values"])
+
+
+def _cluster(table, model_path, n_workers, cache_dir):
+    """Cold run of ``predict_metallicity_catalog`` on a LocalCluster."""
+    import dask.dataframe as dd
+    from dask.distributed import Client, LocalCluster
+
+    from astro_metallicity import conf
+    from astro_metallicity.distributed import partition_by_healpix, predict_metallicity_catalog
+
+    df = table.to_pandas()
+    df["row"] = np.arange(len(df))
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        client.upload_file(str(HERE / "bench_predict.py"))
+        client.run(start_worker_timer)
+        c0 = client.run(cpu_seconds)
+        ddf = dd.from_pandas(df, npartitions=max(1, len(df) // 250))
+        frame, _ = partition_by_healpix(ddf, row_column=None)
+        with conf.set_temp("cache_dir", cache_dir):
+            t0 = time.perf_counter()
+            lazy = predict_metallicity_catalog(frame, source="frames", model=model_path)
+            out = lazy.compute()
+            seconds = time.perf_counter() - t0
+        c1 = client.run(cpu_seconds)
+        rss = client.run(peak_rss_mb)
+        stages = client.run(stop_worker_timer)
+    out = out.sort_values("row")
+    values = out["metallicity"].to_numpy(dtype=float)
+    cpu = sum(c1[w] - c0[w] for w in c1)
+    wall, cpu_split = {}, {}
+    for split in stages.values():
+        for stage, v in split["wall"].items():
+            wall[stage] = wall.get(stage, 0.0) + v
+        for stage, v in split["cpu"].items():
+            cpu_split[stage] = cpu_split.get(stage, 0.0) + v
+    split = {s: {"wall_s": round(wall[s], 3), "cpu_s": round(cpu_split.get(s, 0.0), 3)}
+             for s in sorted(wall, key=wall.get, reverse=True)}
+    return {"seconds": round(seconds, 1), "galaxies_per_s": round(len(table) / seconds, 2),
+            "galaxies_per_worker_cpu_s": round(len(table) / cpu, 2),
+            "predicted": int(np.isfinite(values).sum()), "partitions": frame.npartitions,
+            "worker_peak_rss_mb": sorted(round(v, 0) for v in rss.values()),
+            "stages": split}, values
+
+
+def _max_diff(a, b):
+    both = np.isfinite(a) & np.isfinite(b)
+    return {"max_abs_diff_dex": float(np.max(np.abs(a[both] - b[both]))) if both.any() else None,
+            "same_rows_predicted": bool(np.array_equal(np.isfinite(a), np.isfinite(b)))}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--targets", type=int, default=2000, help="galaxies in the sky, all targets")
+    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    p.add_argument("--max-workers", type=int, default=4, help="conf.max_workers (downloads)")
+    p.add_argument("--baseline", default=None, help="tree of older code, run with PYTHONPATH")
+    p.add_argument("--model", default=None)
+    p.add_argument("--skip-cluster", action="store_true")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        _child(args)
+        return
+
+    import torch
+    from astropy.table import Table
+
+    from astro_metallicity import conf, load_model
+    from astro_metallicity.mock import MockSDSS, MockSky
+
+    torch.set_num_threads(1)
+    tmp = tempfile.TemporaryDirectory()
+    model_path, note = _model_path(args.model, tmp.name)
+    sky = MockSky(max(args.targets, 20), seed=2013)
+    out = {"benchmark": "frames route, cold caches, one process vs LocalCluster",
+           "targets": args.targets, "fields": len(sky.footprint), "model": note,
+           "max_workers": args.max_workers, "cpu_count": os.cpu_count()}
+    t0 = time.perf_counter()
+    out["prerender_s"] = round(prerender_frames(sky), 1)
+    cat = sky.catalog
+    order = np.random.default_rng(0).permutation(len(cat))[: args.targets]
+    table = Table({"objid": np.asarray(cat["objid"])[order],
+                   "ra": np.asarray(cat["ra"].to_value("deg"))[order],
+                   "dec": np.asarray(cat["dec"].to_value("deg"))[order]})
+    with MockSDSS(sky=sky) as sdss, conf.set_temp("max_workers", args.max_workers):
+        model = load_model(model_path, device="cpu")
+        single, values = _single_process(table, model, f"{tmp.name}/cache-single")
+        out["single_process"] = single
+        print("single process:", json.dumps(single), file=sys.stderr)
+        if args.baseline:
+            base, base_values = _baseline(args.baseline, table, sdss, model_path,
+                                          args.max_workers, tmp.name)
+            base.update(_max_diff(values, base_values))
+            base["speedup_wall"] = round(single["galaxies_per_s"] / base["galaxies_per_s"], 2)
+            base["speedup_cpu"] = round(single["galaxies_per_cpu_s"]
+                                        / base["galaxies_per_cpu_s"], 2)
+            out["baseline"] = base
+            print("baseline:", json.dumps(base), file=sys.stderr)
+        if not args.skip_cluster:
+            clus, clus_values = _cluster(table, model_path, args.workers,
+                                         f"{tmp.name}/cache-cluster")
+            clus.update(_max_diff(values, clus_values))
+            clus["workers"] = args.workers
+            out["cluster"] = clus
+            print("cluster:", json.dumps(clus), file=sys.stderr)
+    out["total_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(out, indent=2))
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
