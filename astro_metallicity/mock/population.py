@@ -240,10 +240,14 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         unchanged. ``"sdss"``: the realistic preset of
         ``astro_metallicity.mock.appearance`` (thin disks, red bulges and bluer
         disks, lopsided disks with odd-numbered arms, star-forming clumps, dust
-        lanes, catalogue positions offset from the light centre, masses down to
-        10^8 Msun); it adds the columns ``lopsided_amp``, ``lopsided_phase``,
-        ``clump_n``, ``clump_frac``, ``clump_seed``, ``light_offset_ra`` and
-        ``light_offset_dec`` (arcsec) that `~astro_metallicity.mock.MockSky` renders.
+        lanes, catalogue positions offset from the light centre, irregular and
+        interacting galaxies, compact bulges, Petrosian radii with the PSF wings,
+        masses down to 10^8 Msun); it adds the columns ``lopsided_amp``,
+        ``lopsided_phase``, ``clump_n``, ``clump_frac``, ``clump_seed``,
+        ``light_offset_ra`` and ``light_offset_dec`` (arcsec), ``irregular``,
+        ``companion_dmag`` (mag; NaN without a companion), ``companion_sep``
+        (arcsec), ``companion_pa`` (deg) and ``companion_seed`` that
+        `~astro_metallicity.mock.MockSky` renders.
 
     Returns
     -------
@@ -306,12 +310,18 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         # metallicity: MZR + FMR SFR term + intrinsic scatter (the part only the dust traces)
         x = np.clip(logm, logm_min, _LOGM_MAX)
         logsfr = logm + gal["logssfr"]
+        scatter = rng.normal(0.0, metallicity_scatter, m)
+        if sdss:
+            # the scatter about the MZR grows towards low masses (Tremonti et al. 2004, Fig. 6)
+            scatter *= np.clip(1.0 + _app.SDSS_MZR_SCATTER_SLOPE * (10.0 - logm), 1.0, 2.5)
         gal["oh"] = (tremonti_mzr(x) + mannucci_fmr(x, logsfr) - mannucci_fmr(x, x + _ssfr_mean(x))
-                     + rng.normal(0.0, metallicity_scatter, m))
+                     + scatter)
         # sizes and structure (Shen et al. 2003, late types)
         mass = 10 ** logm
         r50_kpc = _median_r50_kpc(logm)
         sig_ln = 0.34 + (0.47 - 0.34) / (1 + (mass / 3.98e10) ** 2)
+        if sdss:
+            r50_kpc = r50_kpc * _app.SDSS_SIZE_SCALE
         gal["r50_kpc"] = r50_kpc * np.exp(rng.normal(0.0, 1.0, m) * sig_ln)
         gal["bt"] = np.clip(0.12 + 0.22 * (logm - 10.0) + rng.normal(0, 0.08, m), 0.0, 0.7)
         gal["cos_i"] = rng.random(m)
@@ -344,7 +354,7 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     bulge_q = np.clip(rng.uniform(lo_q, hi_q, n), axis_ratio, 1.0)
     pos_angle = rng.uniform(0.0, 180.0, n)
     r50_disk = r50
-    r50_bulge = 0.35 * r50
+    r50_bulge = (_app.SDSS_BULGE_SIZE if sdss else 0.35) * r50
     # MPA-JHU-like error of the catalogue stellar mass
     gal["logm_obs"] = gal["logm"] + rng.normal(0.0, mass_error, n)
 
@@ -386,8 +396,9 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         # AJ 121, 2358): smaller than the major-axis radii for inclined disks.
         r50_int = r50_int * np.interp(axis_ratio, _CIRC_Q, _CIRC_R50)
         r90_int = r90_int * np.interp(axis_ratio, _CIRC_Q, _CIRC_R90)
-    petro_r50 = np.sqrt(r50_int ** 2 + (0.5 * seeing_gal) ** 2)
-    petro_r90 = np.sqrt(r90_int ** 2 + (0.91 * seeing_gal) ** 2)
+    psf50, psf90 = _app.SDSS_PETRO_PSF if sdss else (0.5, 0.91)
+    petro_r50 = np.sqrt(r50_int ** 2 + (psf50 * seeing_gal) ** 2)
+    petro_r90 = np.sqrt(r90_int ** 2 + (psf90 * seeing_gal) ** 2)
 
     # --- spectroscopy (SpecObj + MPA-JHU GalSpec*)
     idx = np.arange(n)
@@ -503,6 +514,8 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
     t["arm_phase"] = rng.uniform(0.0, 2 * np.pi, n) * u.rad
     if sdss:
         _add_sdss_structure(t, np.random.default_rng([seed, 2026, 11]), dssfr)
+        _add_sdss_interactions(t, np.random.default_rng([seed, 2026, 12]), dssfr,
+                               np.interp(np.asarray(t["z"]), zg, kpc_arcsec_g))
     return t
 
 
@@ -524,6 +537,43 @@ def _add_sdss_structure(t, rng, dssfr):
     # centre of the light relative to the catalogue position (arcsec, per axis)
     t["light_offset_ra"] = rng.normal(0.0, _app.SDSS_POSITION_SCATTER, n) * u.arcsec
     t["light_offset_dec"] = rng.normal(0.0, _app.SDSS_POSITION_SCATTER, n) * u.arcsec
+
+
+def _add_sdss_interactions(t, rng, dssfr, kpc_per_arcsec):
+    """Irregular and interacting galaxies of the "sdss" appearance (in place).
+
+    Irregulars (column ``irregular``): no spiral arms, strongly lopsided, a large share
+    of the light in many clumps; more common at low mass and high sSFR
+    (`SDSS_IRREGULAR_FRACTION`). Interacting galaxies (``companion_dmag`` finite): a
+    companion fainter by ``companion_dmag`` (r mag) at a projected distance
+    ``companion_sep`` (arcsec) and position angle ``companion_pa`` (deg), both tidally
+    distorted (`SDSS_INTERACTING_FRACTION`); `~astro_metallicity.mock.MockSky` renders
+    the companion. Only the rendering columns change: the photometry, sizes and labels
+    are the ones the relations gave.
+    """
+    n = len(t)
+    logm = np.asarray(t["logm_true"].value)
+    frac_irr = np.clip(_app.SDSS_IRREGULAR_FRACTION["base"]
+                       + _app.SDSS_IRREGULAR_FRACTION["per_dex"] * (10.0 - logm)
+                       + _app.SDSS_IRREGULAR_FRACTION["per_dssfr"] * dssfr / 0.3, 0.0, 0.5)
+    irr = rng.random(n) < frac_irr
+    t["irregular"] = irr
+    a1 = np.asarray(t["lopsided_amp"])
+    a1[irr] = rng.uniform(0.3, 0.6, irr.sum())
+    t["arm_amp"][irr] = 0.0
+    t["clump_frac"][irr] = rng.uniform(0.12, 0.25, irr.sum())
+    t["clump_n"][irr] = rng.integers(6, 16, irr.sum())
+    inter = rng.random(n) < _app.SDSS_INTERACTING_FRACTION
+    dmag = np.full(n, np.nan)
+    dmag[inter] = rng.uniform(0.0, 2.5, inter.sum())  # mass ratios 1:1 to 1:10
+    sep_kpc = rng.uniform(*_app.SDSS_COMPANION_SEPARATION_KPC, n)
+    t["companion_dmag"] = dmag * u.mag
+    t["companion_sep"] = np.where(inter, sep_kpc / kpc_per_arcsec, np.nan) * u.arcsec
+    t["companion_pa"] = np.where(inter, rng.uniform(0.0, 360.0, n), np.nan) * u.deg
+    t["companion_seed"] = rng.integers(0, 2 ** 31, n, dtype=np.int64)
+    # tidal distortion of the host: a strong m = 1 mode
+    a1[inter] = np.maximum(a1[inter], rng.uniform(0.25, 0.5, inter.sum()))
+    t["lopsided_amp"] = a1
 
 
 def _photometry(rng, z, logm, distmod):

@@ -158,7 +158,15 @@ class MockSky:
         if "arm_amp" not in g:
             g.update(arm_amp=np.zeros(len(c)), arm_m=np.full(len(c), 2), arm_pitch=np.full(len(c), 20.0),
                      arm_phase=np.zeros(len(c)))
+        # field-to-field sky: brightness (noise) and the residual level of the sky
+        # subtraction, which the JPEG pedestal stands for
+        fp = self.footprint
+        var = np.random.default_rng([self.seed, 7, 2027])
+        self._sky_dmag = self._sky_dmag + var.normal(0.0, _app.SDSS_SKY_VARIATION["sky_mag"], len(fp))[:, None]
+        self._pedestal_factor = np.exp(var.normal(0.0, _app.SDSS_SKY_VARIATION["pedestal"], len(fp)))
         mags, bfrac = dict(self._mags), dict(self._bulge_frac)
+        if "companion_dmag" in c.colnames:
+            g, mags, bfrac = self._add_companions(g, mags, bfrac, extra)
         # faint background galaxies (17.8 < r < 22), not in the catalogue
         fp = self.footprint
         rng = np.random.default_rng([self.seed, 7, 2026])
@@ -188,6 +196,37 @@ class MockSky:
                 mags[b] = np.concatenate([mags[b], rmag + colour[b]])
                 bfrac[b] = np.concatenate([bfrac[b], bt])
         self._render_gal, self._render_mags, self._render_bulge_frac = g, mags, bfrac
+
+    def _add_companions(self, g, mags, bfrac, extra):
+        """Render arrays with the interacting companions of the "sdss" catalogue appended."""
+        c = self.catalog
+        dmag = c["companion_dmag"].to_value(u.mag)
+        host = np.flatnonzero(np.isfinite(dmag))
+        if len(host) == 0:
+            return g, mags, bfrac
+        n = len(host)
+        rng = np.random.default_rng(np.asarray(c["companion_seed"])[host].tolist() + [self.seed, 31])
+        sep = c["companion_sep"].to_value(u.arcsec)[host] / 3600.0
+        pa = np.deg2rad(c["companion_pa"].to_value(u.deg)[host])
+        cosd = np.cos(np.deg2rad(g["dec"][host]))
+        # sizes of disks scale roughly as L^0.25 at these masses (Shen et al. 2003)
+        size = 10 ** (-0.1 * dmag[host])
+        cos_i = rng.random(n)
+        q0 = _app.SDSS_DISK_THICKNESS
+        q = np.sqrt((1 - q0 ** 2) * cos_i ** 2 + q0 ** 2)
+        comp = {"ra": (g["ra"][host] + sep * np.sin(pa) / cosd) % 360.0,
+                "dec": g["dec"][host] + sep * np.cos(pa),
+                "r50_disk": g["r50_disk"][host] * size, "r50_bulge": g["r50_bulge"][host] * size,
+                "q": q, "qb": np.maximum(q, 0.6), "pos_angle": rng.uniform(0.0, 180.0, n),
+                "arm_amp": rng.uniform(0.2, 0.5, n), "arm_m": rng.choice(np.array(_app.SDSS_ARM_M), n),
+                "arm_pitch": rng.uniform(12.0, 30.0, n), "arm_phase": rng.uniform(0.0, 2 * np.pi, n),
+                "lopsided_amp": rng.uniform(0.3, 0.6, n), "lopsided_phase": rng.uniform(0.0, 2 * np.pi, n),
+                "clump_n": rng.integers(4, 11, n), "clump_frac": rng.uniform(0.1, 0.25, n),
+                "clump_seed": rng.integers(0, 2 ** 31, n), "tau_v": g["tau_v"][host], "cos_i": cos_i}
+        g = {name: np.concatenate([g[name], np.asarray(comp[name], dtype=g[name].dtype)]) for name in g}
+        mags = {b: np.concatenate([mags[b], mags[b][host] + dmag[host]]) for b in BANDS}
+        bfrac = {b: np.concatenate([bfrac[b], bfrac[b][host]]) for b in BANDS}
+        return g, mags, bfrac
 
     # ----------------------------------------------------------------- catalogue
     def sql_columns(self):
@@ -594,10 +633,10 @@ class MockSky:
         wn = int(math.ceil(width * scale / base)) + 4 if native else width
         hn = int(math.ceil(height * scale / base)) + 4 if native else height
         sigma = _app.SDSS_BAND_REGISTRATION * PIXEL_SCALE / 3600.0  # deg
+        fields = self.footprint.fields_near(ra, dec, 0.0)
+        k = int(fields[0]) if len(fields) else -1
         if sigma > 0:
             # residual misregistration of the g and i images relative to r, per field
-            fields = self.footprint.fields_near(ra, dec, 0.0)
-            k = int(fields[0]) if len(fields) else -1
             off = np.random.default_rng([self.seed, 13, k + 1]).normal(0.0, sigma, (3, 2))
             off[1] = 0.0
             cosd = max(math.cos(math.radians(dec)), 1e-6)
@@ -610,8 +649,9 @@ class MockSky:
             from scipy.ndimage import gaussian_filter
 
             g, r, i = (gaussian_filter(band, _app.SDSS_JPEG_SMOOTHING) for band in (g, r, i))
-        ped = _app.SDSS_JPEG_SKY_PEDESTAL
-        g, r, i = (np.where(covered, band + np.float32(ped[b]), band) for band, b in ((g, "g"), (r, "r"), (i, "i")))
+        factor = self._pedestal_factor[k] if k >= 0 else 1.0
+        ped = {b: np.float32(v * factor) for b, v in _app.SDSS_JPEG_SKY_PEDESTAL.items()}
+        g, r, i = (np.where(covered, band + ped[b], band) for band, b in ((g, "g"), (r, "r"), (i, "i")))
         with np.errstate(invalid="ignore", divide="ignore"):
             rgb = gri_composite(g, r, i, **_app.SDSS_JPEG_STRETCH)
 
