@@ -2,7 +2,7 @@
 
 A CNN returns a number for any image: a star, an empty patch of sky, a
 cutout from another survey or with another stretch. `ood_score` measures how
-far an image lies from the images the model was trained on, in two ways:
+far an image lies from the images the model was trained on, in three ways:
 
 * **Embedding**: the network's penultimate-layer embedding (the 512 numbers
   a ResNet-18 feeds to its regression head, averaged over the eight
@@ -14,12 +14,22 @@ far an image lies from the images the model was trained on, in two ways:
   contrast, colour balance, saturated and empty pixels, isolated hot pixels
   and stripes, as a Mahalanobis distance (Ledoit-Wolf shrinkage covariance)
   to the same statistics of the training images.
+* **Channel-order check**: the *i*, *r*, *g* bands sit in red, green, blue,
+  and in that order galaxies lie on a tight colour locus (g-r against r-i)
+  and the sky is brighter and noisier in *i* than in *g*. The check is the
+  log-likelihood ratio, under Gaussians of six colours of the training
+  images (galaxy, sky and sky-noise colours), of the likeliest other order
+  of the image's channels against the order given: negative for training
+  images, large when putting swapped channels back makes the colours typical.
+  It has no parameter learned from swapped images.
 
-Each distance is taken to the nearest *group* of training images (for the
-bundled model: the real SDSS ImgCutout JPEGs and the simulated ImgCutout
-cutouts of `astro_metallicity.mock`), in units of the 95th percentile of
-that group's own (cross-validated) distances, and the score is the larger of
-the two: about 0.5 for a typical training image, about 1 at the edge of the
+The two distances are taken to the nearest *group* of training images (for
+the bundled model: the real SDSS ImgCutout JPEGs and the simulated ImgCutout
+cutouts of `astro_metallicity.mock`), in units of the 95th percentile of that
+group's own (cross-validated) distances;
+the channel-order ratio counts in units of 3 nats (a reordering 20 times as
+probable as the given order) when positive. The score is the largest of the
+three: about 0.5 for a typical training image, about 1 at the edge of the
 training set. The model's threshold
 (``model.metadata['ood']['threshold']``) is set so that about 2 % of real
 training galaxies exceed it when scored by a reference that did not see
@@ -49,6 +59,18 @@ IMAGE_FEATURES = (
     "concentration", "log_saturated", "log_empty", "log_hot", "log_stripe",
 )
 
+#: The colour statistics among `IMAGE_FEATURES`, those the channel-order check compares.
+COLOUR_FEATURES = ("colour_rg", "colour_gb", "sky_colour_rg", "sky_colour_gb",
+                   "sky_noise_rg", "sky_noise_gb")
+_COLOUR_INDEX = [IMAGE_FEATURES.index(name) for name in COLOUR_FEATURES]
+#: The five channel orders other than the given one (indices into R, G, B).
+_OTHER_ORDERS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+#: Log-likelihood ratio (nats) of the channel-order check that scores 1, the edge of
+#: the training images: a reordering 20 times as probable as the given order.
+_ORDER_UNIT = 3.0
+#: Columns the channel-order check adds to the image statistics (`_image_features`).
+_N_CHECK = len(_OTHER_ORDERS) * len(COLOUR_FEATURES)
+
 _EMBEDDING_COMPONENTS = 32  # principal components of the embedding kept per group
 _SHRINK = 0.1  # fraction of the mean eigenvalue added to each (PCA shrinkage)
 
@@ -56,17 +78,20 @@ _SHRINK = 0.1  # fraction of the mean eigenvalue added to each (PCA shrinkage)
 # --------------------------------------------------------------------------- features
 
 
-def _image_features(images):
+def _image_features(images, *, checks=False):
     """Image statistics of uint8 RGB cutouts, ``(N, len(IMAGE_FEATURES))`` float64.
 
     Fluxes are in units of the full 0-255 range; fractions enter as log10 with a
-    floor, so that "none" and "a few" do not differ.
+    floor, so that "none" and "a few" do not differ. With ``checks``, the
+    statistics of the channel-order check follow (`_N_CHECK` columns): the
+    `COLOUR_FEATURES` of the image with its channels in each of the
+    `_OTHER_ORDERS`.
     """
     from scipy.ndimage import median_filter
 
     images = np.asarray(images)
     n = len(images)
-    out = np.empty((n, len(IMAGE_FEATURES)))
+    out = np.empty((n, len(IMAGE_FEATURES) + (_N_CHECK if checks else 0)))
     if n == 0:
         return out
     side = images.shape[1]
@@ -81,14 +106,9 @@ def _image_features(images):
                                 x[edge:-edge, :edge].reshape(-1, 3),
                                 x[edge:-edge, -edge:].reshape(-1, 3)])
         contrast = centre - frame.mean(axis=0)
-        # colour of the sky and of its noise (the i-band noise of SDSS composites is
-        # redder than the g-band's): what a swap of the channels changes most
-        sky = np.log((frame.mean(axis=0)[:2] + 0.002) / (frame.mean(axis=0)[1:] + 0.002))
-        noise = np.log((frame.std(axis=0)[:2] + 0.002) / (frame.std(axis=0)[1:] + 0.002))
-        # colour of the galaxy: median log channel ratios of the brightest tenth of pixels
         grey = x.mean(axis=-1)
         bright = x[grey >= np.quantile(grey, 0.9)]
-        colour = np.median(np.log((bright[:, :2] + 0.01) / (bright[:, 1:] + 0.01)), axis=0)
+        colour, sky, noise = _colours(frame, bright)
         # a star is a point: its light sits in the central pixels, a galaxy's spreads
         # over about a fifth of the cutout (the adaptive scale frames it so)
         level = float(np.median(grey[:edge]))
@@ -106,13 +126,35 @@ def _image_features(images):
             if profile.size >= 3:
                 jump = np.abs(profile[1:-1] - 0.5 * (profile[:-2] + profile[2:]))
                 stripe = max(stripe, float(jump.max()))
+        others = ([np.concatenate(_colours(frame, bright, order)) for order in _OTHER_ORDERS]
+                  if checks else [])
         out[k] = np.concatenate([
             mean, np.log10(std + 1e-3), contrast, colour, sky, noise, [concentration],
             # floors: a bright star saturates or sharpens a few dozen pixels of a real
             # cutout, which must not count; an artefact affects many more
             np.log10([saturated + 3e-3, empty + 1e-3, hot + 3e-3, stripe + 1e-3]),
+            *others,
         ])
     return out
+
+
+def _colours(frame, bright, order=(0, 1, 2)):
+    """Galaxy, sky and sky-noise colours (log channel ratios R/G, G/B) in a channel order.
+
+    ``frame`` are the pixels of the cutout's outer frame, ``bright`` its brightest
+    tenth (by the mean of the channels, which no reordering changes), both
+    ``(n, 3)`` in 0-1.
+    """
+    order = list(order)
+    frame, bright = frame[:, order], bright[:, order]
+    # colour of the galaxy: median log channel ratios of the brightest tenth of pixels
+    colour = np.median(np.log((bright[:, :2] + 0.01) / (bright[:, 1:] + 0.01)), axis=0)
+    # colour of the sky and of its noise (the i-band noise of SDSS composites is
+    # redder than the g-band's): what a swap of the channels changes most
+    level, spread = frame.mean(axis=0), frame.std(axis=0)
+    sky = np.log((level[:2] + 0.002) / (level[1:] + 0.002))
+    noise = np.log((spread[:2] + 0.002) / (spread[1:] + 0.002))
+    return colour, sky, noise
 
 
 # --------------------------------------------------------------------------- reference
@@ -132,11 +174,16 @@ def _fit_embedding_group(x, n_components=_EMBEDDING_COMPONENTS):
 
 
 def _fit_image_group(f):
-    """Mean and Ledoit-Wolf shrinkage precision of one group's image statistics."""
-    from sklearn.covariance import LedoitWolf
+    """Mean and Ledoit-Wolf shrinkage precision of one group's image statistics, and
+    the Gaussian of its colours (`COLOUR_FEATURES`) for the channel-order check."""
+    from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
-    lw = LedoitWolf().fit(f)
-    return {"mean": lw.location_, "precision": lw.precision_}
+    lw = LedoitWolf().fit(f[:, :len(IMAGE_FEATURES)])
+    # six colours of hundreds of images need no shrinkage, and shrinking would blur
+    # the tight galaxy colour locus (g-r against r-i) that the check relies on
+    colours = EmpiricalCovariance().fit(f[:, _COLOUR_INDEX])
+    return {"mean": lw.location_, "precision": lw.precision_,
+            "colour_mean": colours.location_, "colour_precision": colours.precision_}
 
 
 def _embedding_distance(group, x):
@@ -151,9 +198,44 @@ def _embedding_distance(group, x):
 
 
 def _image_distance(group, f):
-    centred = f - group["mean"]
+    centred = f[:, :len(IMAGE_FEATURES)] - group["mean"]
     return np.sqrt(np.einsum("ij,jk,ik->i", centred, group["precision"], centred)
-                   / f.shape[1])
+                   / centred.shape[1])
+
+
+def _colour_log_likelihood(reference, colours):
+    """Log density of colours ``(..., len(COLOUR_FEATURES))`` under the likeliest group's
+    Gaussian (up to a constant common to all images)."""
+    best = np.full(colours.shape[:-1], -np.inf)
+    for name in reference["groups"]:
+        g = reference["image"][name]
+        centred = colours - g["colour_mean"]
+        d2 = np.einsum("...j,jk,...k->...", centred, g["colour_precision"], centred)
+        best = np.maximum(best, 0.5 * (np.linalg.slogdet(g["colour_precision"])[1] - d2))
+    return best
+
+
+def _channel_order(reference, features):
+    """The channel-order check: log-likelihood ratio (nats) of the likeliest other order.
+
+    The *i*, *r*, *g* bands of an SDSS composite sit in red, green and blue, and
+    galaxies, the sky and its noise have colours in a narrow range in that order
+    (galaxy g-r and r-i lie on a tight locus; the sky is brighter and noisier in
+    *i* than in *g*). For an image in the right order no reordering of its
+    channels makes its colours more typical of the training images; for one
+    with its channels swapped, putting them back does. The ratio is
+    ``log p(colours of the likeliest other order) - log p(colours as given)``
+    under the training groups' colour Gaussians; negative for most training
+    images. Zero where the features or the reference lack what it needs (a
+    reference written before the check).
+    """
+    if (features.shape[1] < len(IMAGE_FEATURES) + _N_CHECK
+            or any("colour_mean" not in reference["image"][g] for g in reference["groups"])):
+        return np.zeros(len(features))
+    given = _colour_log_likelihood(reference, features[:, _COLOUR_INDEX])
+    others = features[:, len(IMAGE_FEATURES):len(IMAGE_FEATURES) + _N_CHECK]
+    others = others.reshape(len(features), len(_OTHER_ORDERS), len(COLOUR_FEATURES))
+    return _colour_log_likelihood(reference, others).max(axis=1) - given
 
 
 def _fit_groups(embeddings, features, groups):
@@ -213,7 +295,8 @@ def _fit_reference(embeddings, features, groups, *, n_folds=5, seed=0):
 
 
 def _scores(reference, embeddings, features):
-    """The OOD score: the larger of the two parts, each to its nearest group."""
+    """The OOD score: the largest of the three parts (embedding and image statistics
+    each to its nearest group, and the channel-order check)."""
     emb = np.full(len(features), np.inf)
     img = np.full(len(features), np.inf)
     for name in reference["groups"]:
@@ -221,7 +304,8 @@ def _scores(reference, embeddings, features):
         emb = np.minimum(emb, _embedding_distance(g, embeddings) / g["scale"])
         g = reference["image"][name]
         img = np.minimum(img, _image_distance(g, features) / g["scale"])
-    return np.maximum(emb, img)
+    order = np.maximum(_channel_order(reference, features), 0.0) / _ORDER_UNIT
+    return np.max([emb, img, order], axis=0)
 
 
 def _out_of_fold_scores(embeddings, features, groups, *, n_folds=5, seed=0, index=None):
@@ -231,7 +315,7 @@ def _out_of_fold_scores(embeddings, features, groups, *, n_folds=5, seed=0, inde
     folds = np.empty(n, dtype=int)
     rng = np.random.default_rng(seed)
     groups = np.asarray(groups, dtype=str)
-    for name in set(groups[index]):
+    for name in sorted(set(groups[index])):  # sorted: folds must not depend on hashing
         members = index[groups[index] == name]
         folds[members] = rng.permutation(len(members)) % n_folds
     scores = np.full(n, np.nan)
@@ -244,7 +328,7 @@ def _out_of_fold_scores(embeddings, features, groups, *, n_folds=5, seed=0, inde
 
 
 def _calibrate(embeddings, features, groups, *, calibration_group, quantile=0.98,
-               n_folds=5, seed=0):
+               n_folds=5, seed=0, derived=None):
     """Threshold from out-of-fold scores, and a nested estimate of its flag rate.
 
     The threshold is the ``quantile`` of the out-of-fold scores of
@@ -254,17 +338,24 @@ def _calibrate(embeddings, features, groups, *, calibration_group, quantile=0.98
     other folds, and the outer fold is scored, so no fold is flagged with a
     threshold that saw it.
 
+    ``derived``, optional ``(embeddings, features, source)``, are images made
+    from the reference images (``source``: the index of the image each was made
+    from, for example by swapping its channels): each is scored with the outer
+    fold's reference and threshold, which never saw its source image.
+
     Returns
     -------
     threshold : float
     report : dict
-        ``'nested_flag_rate'`` per group, ``'oof_scores'`` per group (arrays).
+        ``'nested_flag_rate'`` per group, ``'oof_scores'`` per group (arrays),
+        and with ``derived`` ``'derived_flagged'`` (bool array).
     """
     groups = np.asarray(groups, dtype=str)
     cal = groups == calibration_group
     oof, folds = _out_of_fold_scores(embeddings, features, groups, n_folds=n_folds, seed=seed)
     threshold = float(np.quantile(oof[cal], quantile))
     flagged = np.zeros(len(groups), dtype=bool)
+    derived_flagged = None if derived is None else np.zeros(len(derived[2]), dtype=bool)
     for k in range(n_folds):
         inner = np.flatnonzero(folds != k)
         inner_scores, _ = _out_of_fold_scores(embeddings, features, groups, n_folds=n_folds - 1,
@@ -273,6 +364,10 @@ def _calibrate(embeddings, features, groups, *, calibration_group, quantile=0.98
         ref = _fit_reference(embeddings[inner], features[inner], groups[inner])
         test = np.flatnonzero(folds == k)
         flagged[test] = _scores(ref, embeddings[test], features[test]) > t_k
+        if derived is not None:
+            d_emb, d_feat, source = derived
+            sel = folds[np.asarray(source)] == k
+            derived_flagged[sel] = _scores(ref, d_emb[sel], d_feat[sel]) > t_k
     report = {
         "nested_flag_rate": {name: float(np.mean(flagged[groups == name]))
                              for name in sorted(set(groups))},
@@ -280,6 +375,8 @@ def _calibrate(embeddings, features, groups, *, calibration_group, quantile=0.98
                           for name in sorted(set(groups))},
         "oof_scores": {name: oof[groups == name] for name in sorted(set(groups))},
     }
+    if derived is not None:
+        report["derived_flagged"] = derived_flagged
     return threshold, report
 
 
@@ -299,7 +396,7 @@ def _score_from_run(model, embedding, images):
     reference = getattr(model, "ood_reference", None)
     if reference is None or n == 0:
         return np.full(n, np.nan)
-    return _scores(reference, embedding, _image_features(images))
+    return _scores(reference, embedding, _image_features(images, checks=True))
 
 
 def _ood_flag(score, threshold):
@@ -327,8 +424,9 @@ def ood_score(images, *, model=None, device=None, batch_size=None):
     -------
     score : `~numpy.ndarray`
         float64 of length N: about 0.5 for a typical training image, about 1
-        at the edge of the training set, larger the more unusual. Compare it with ``model.metadata['ood']['threshold']``
-        (the ``ood`` flag of the result tables). All NaN when the model has no
+        at the edge of the training set, larger the more unusual. Compare it
+        with ``model.metadata['ood']['threshold']`` (the ``ood`` flag of the
+        result tables). All NaN when the model has no
         reference statistics (``<name>_ood.npz`` beside its weights).
 
     Raises

@@ -38,8 +38,9 @@ Steps (every seed fixed, so the run is reproducible):
    cutouts, summarised per group (means, principal components, covariances; no
    per-galaxy values), with the threshold that flags 2 % of the real galaxies
    out of fold (5-fold; the flag rate reported comes from nested
-   cross-validation). ``--ood-only`` does just this step for the model already
-   in ``--output``, leaving its weights untouched.
+   cross-validation, as does that of each real JPEG with its channels swapped,
+   scored by a reference that never saw the original). ``--ood-only`` does just
+   this step for the model already in ``--output``, leaving its weights untouched.
 7. Write the weights (float16), metadata (with ``cutout_source='jpeg'``: every
    training image came through the ImgCutout route) and OOD statistics
    (``<model-name>_ood.npz``) to ``--output`` and the metrics to a JSON report
@@ -231,19 +232,28 @@ def ood_reference(model, real_images, sim_images, *, quantile=OOD_QUANTILE, seed
     images = np.concatenate([real_images, sim_images])
     groups = np.array(["real_jpeg"] * len(real_images) + ["sim_jpeg"] * len(sim_images))
     _, embeddings = model._run(images, embed=True)
-    features = ood._image_features(images)
+    features = ood._image_features(images, checks=True)
+    # each real JPEG once with its channels in another order (the five cycled by index,
+    # fixed): scored out of fold, by a reference and threshold that never saw the original
+    swapped = channel_swapped(real_images)
+    _, swapped_embeddings = model._run(swapped, embed=True)
+    derived = (swapped_embeddings, ood._image_features(swapped, checks=True),
+               np.arange(len(real_images)))
     threshold, calibration = ood._calibrate(embeddings, features, groups,
                                             calibration_group="real_jpeg", quantile=quantile,
-                                            seed=seed)
+                                            seed=seed, derived=derived)
     reference = ood._fit_reference(embeddings, features, groups, seed=seed)
     info = {
         "format_version": ood.OOD_FORMAT_VERSION,
-        "method": ("max of two distances, each to the nearest group of training images and in "
-                   "units of that group's 95th percentile (5-fold): Mahalanobis distance of the "
-                   "penultimate-layer embedding (mean over the 8 dihedral views) in a "
-                   f"PCA-whitened space ({ood._EMBEDDING_COMPONENTS} components plus the "
+        "method": ("max of three parts: two distances, each to the nearest group of training "
+                   "images and in units of that group's 95th percentile (5-fold): Mahalanobis "
+                   "distance of the penultimate-layer embedding (mean over the 8 dihedral views) "
+                   f"in a PCA-whitened space ({ood._EMBEDDING_COMPONENTS} components plus the "
                    "residual, eigenvalue shrinkage), and Mahalanobis distance (Ledoit-Wolf) of "
-                   "image statistics"),
+                   "image statistics; and a channel-order "
+                   "check (log-likelihood ratio of the likeliest other channel order under the "
+                   "groups' Gaussians of six colours, in units of "
+                   f"{ood._ORDER_UNIT:g} nats, counted when positive)"),
         "threshold": threshold,
         "threshold_rule": f"{quantile:g} quantile of the real JPEGs' 5-fold out-of-fold scores",
         "image_features": list(ood.IMAGE_FEATURES),
@@ -258,9 +268,20 @@ def ood_reference(model, real_images, sim_images, *, quantile=OOD_QUANTILE, seed
             "n_folds": 5, "seed": seed,
             "nested_cv_flag_rate": calibration["nested_flag_rate"],
             "oof_flag_rate_at_threshold": calibration["oof_flag_rate"],
+            "nested_cv_flag_rate_channel_swapped_real_jpeg": float(
+                np.mean(calibration["derived_flagged"])),
         },
     }
     return reference, info
+
+
+def channel_swapped(images):
+    """Each image with its channels in one of the five other orders, cycled by index."""
+    from astro_metallicity import ood
+
+    orders = ood._OTHER_ORDERS
+    return np.stack([np.ascontiguousarray(image[..., list(orders[k % len(orders)])])
+                     for k, image in enumerate(images)])
 
 
 def _ood_sim_images(args, sim_images=None):
