@@ -9,6 +9,7 @@ pixel-scale convention and colour stretch come from the model's metadata.
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from astropy.utils.console import ProgressBar
 
 from ._config import conf
 from .acquire import CutoutSet, fetch_cutouts
+from .acquire._fields import sky_order
 from .logger import log
 from .table import FLAG_OK, _result_meta, build_result_table
 from .targets import resolve_targets
@@ -208,27 +210,57 @@ def predict_metallicity(targets, *, source=None, scale=None, model=None, device=
     idx = np.flatnonzero(good)
     log.info(f"predicting metallicity for {n} targets ({n - idx.size} with bad coordinates) "
              f"from {source!r} cutouts")
-    chunks = [idx[k:k + _CHUNK] for k in range(0, idx.size, _CHUNK)]
+    # Chunks of neighbouring targets (sky order: a chunk's targets share SDSS fields, so
+    # each frame is decompressed about once and one Field query serves many). The CNN
+    # runs a chunk in a thread (torch releases the GIL) while this thread fetches the
+    # next one, so at most two chunks of cutouts are in memory. A table is cut into at
+    # least 8 chunks (of 32 to _CHUNK targets) on the frames route so that the pipeline
+    # fills early (on the jpeg route the network is most of the time and small chunks
+    # only add overhead); the fetching stays in this thread, where a Ctrl-C cancels its
+    # downloads at once.
+    idx = idx[sky_order(resolved.coords[idx])]
+    step = min(_CHUNK, max(32, -(-idx.size // 8))) if source == "frames" else _CHUNK
+    chunks = [idx[k:k + step] for k in range(0, idx.size, step)]
     bar, done = None, 0
     if progress and len(chunks) > 1:
         bar = ProgressBar(idx.size, ipython_widget=False)
-    for chunk in chunks:
-        scale_arg = cutout_scale
-        if not isinstance(cutout_scale, str) and np.ndim(cutout_scale) == 1:
-            scale_arg = cutout_scale[chunk]
-        cut = fetch_cutouts(resolved.coords[chunk], source=source, scale=scale_arg, size=size,
-                            stretch=model.stretch, progress=progress and bar is None)
-        flags[chunk] = cut.flags
-        scales[chunk] = cut.scales.to_value(u.arcsec / u.pix)
+
+    def run_model(chunk, cut):
         ok = np.asarray(cut.flags) == ""
         out, scores[chunk] = _run_model(model, cut.images, ok)
         for key, values in out.items():
             predictions[key][chunk] = values
-        if return_cutouts:
-            images[chunk] = cut.images
-        done += len(chunk)
-        if bar is not None:
-            bar.update(done)
+
+    cnn = ThreadPoolExecutor(1, thread_name_prefix="astro-metallicity-cnn")
+    running = None
+    try:
+        for chunk in chunks:
+            scale_arg = cutout_scale
+            if not isinstance(cutout_scale, str) and np.ndim(cutout_scale) == 1:
+                scale_arg = cutout_scale[chunk]
+            cut = fetch_cutouts(resolved.coords[chunk], source=source, scale=scale_arg,
+                                size=size, stretch=model.stretch,
+                                progress=progress and bar is None)
+            flags[chunk] = cut.flags
+            scales[chunk] = cut.scales.to_value(u.arcsec / u.pix)
+            if return_cutouts:
+                images[chunk] = cut.images
+            if running is not None:
+                running.result()
+                done += len(previous)
+                if bar is not None:
+                    bar.update(done)
+            running, previous = cnn.submit(run_model, chunk, cut), chunk
+            del cut
+        if running is not None:
+            running.result()
+            if bar is not None:
+                bar.update(idx.size)
+    except BaseException:
+        # a Ctrl-C or a failure: do not wait for the chunk on the CNN (its result is dropped)
+        cnn.shutdown(wait=False, cancel_futures=True)
+        raise
+    cnn.shutdown(wait=True)
     meta = _result_meta(model=model, source=source, data_release=conf.data_release,
                        scale=cutout_scale if isinstance(cutout_scale, str) or
                        np.ndim(cutout_scale) == 0 else "per target")

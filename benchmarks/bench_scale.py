@@ -1,7 +1,8 @@
 """Benchmark at catalogue scale: one process against a Dask LocalCluster, on the frames route.
 
 Run: ``python benchmarks/bench_scale.py [--targets 2000] [--workers 2] [--max-workers 4]
-[--baseline PATH] [--model PATH] [--skip-cluster]``
+[--baseline PATH] [--model PATH] [--skip-cluster]``, or for an A/B comparison
+``python benchmarks/bench_scale.py --ab PATH [--rounds 2] [--sources frames,jpeg]``
 
 Simulates a sky of ``--targets`` galaxies (about 80 per SDSS field, as
 `~astro_metallicity.mock.MockSky` lays them out), renders all its g, r, i
@@ -21,6 +22,16 @@ of the process and of each worker, the time split by stage (see
 ``bench_predict.py``; summed over the workers for the cluster), the largest
 difference between the paths' predictions, and the frames route's speed-up
 against the baseline. Prints JSON last.
+
+``--ab PATH`` compares this tree with the one at PATH instead, on a machine
+whose load may change during the run: each of ``--rounds`` rounds runs both
+codes (in alternating order, ABBA...) in fresh subprocesses against the same
+server, each predicting the table cold (empty caches) and then warm (the disk
+cache filled, nothing in memory), for each of ``--sources``. Reports, per
+source and cache state, the median over rounds of each code's wall galaxies/s
+and galaxies per CPU second (the subprocess's own CPU time, all its threads;
+the server's is not counted), the ratios new/old within each round, and the
+largest difference between the two codes' predictions.
 """
 
 import argparse
@@ -59,15 +70,15 @@ def _model_path(arg, tmp):
     return str(path), "tiny untrained network (no bundled model)"
 
 
-def _single_process(table, model, cache_dir):
-    """Cold frames-route run of ``predict_metallicity`` in this process."""
+def _single_process(table, model, cache_dir, source="frames"):
+    """Cold (or, with ``cache_dir`` filled, warm) run of ``predict_metallicity`` here."""
     from astro_metallicity import conf, predict_metallicity
     from astro_metallicity.acquire._sdss import clear_memory_cache
 
     clear_memory_cache()
     with conf.set_temp("cache_dir", cache_dir), StageTimer() as timer:
         c0, t0 = cpu_seconds(), time.perf_counter()
-        result = predict_metallicity(table, source="frames", model=model, progress=False)
+        result = predict_metallicity(table, source=source, model=model, progress=False)
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     values = np.asarray(result["metallicity"].filled(np.nan).value, dtype=float)
     return {"seconds": round(seconds, 1), "galaxies_per_s": round(len(table) / seconds, 2),
@@ -77,12 +88,13 @@ def _single_process(table, model, cache_dir):
 
 
 def _child(args):
-    """``--child``: the single-process run of the code on PYTHONPATH, against a running server."""
+    """``--child``: runs of the code on PYTHONPATH, against a running server."""
     from astropy.table import Table
     from astroquery.sdss import conf as aq_conf
 
-    from astro_metallicity import conf, load_model
+    from astro_metallicity import conf, load_model, log
 
+    log.setLevel("WARNING")  # stdout carries the parent's JSON
     spec = json.loads(Path(args.child).read_text())
     table = Table.read(spec["targets"], format="ascii.ecsv")
     for c in (aq_conf, conf):
@@ -91,14 +103,66 @@ def _child(args):
     conf.max_workers = spec["max_workers"]
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(spec.get("torch_threads", 1))
     import astro_metallicity
 
-    record, values = _single_process(table, load_model(spec["model"], device="cpu"),
-                                     spec["cache_dir"])
-    record["code"] = str(Path(astro_metallicity.__file__).parent)
-    np.save(spec["values"], values)
-    Path(spec["out"]).write_text(json.dumps(record))
+    model = load_model(spec["model"], device="cpu")
+    if "runs" not in spec:  # --baseline: one cold frames run
+        record, values = _single_process(table, model, spec["cache_dir"])
+        record["code"] = str(Path(astro_metallicity.__file__).parent)
+        np.save(spec["values"], values)
+        Path(spec["out"]).write_text(json.dumps(record))
+        return
+    records = []
+    for source, cache in spec["runs"]:
+        record, values = _single_process(table, model, spec["cache_dir"] + "-" + source,
+                                         source=source)
+        record.update(source=source, cache=cache)
+        records.append(record)
+        np.save(f"{spec['values']}-{source}-{cache}.npy", values)
+    Path(spec["out"]).write_text(json.dumps(records))
+
+
+def _ab(args, table, sdss, model_path, tmp):
+    """``--ab``: this tree against ``args.ab``, alternating, each run in a fresh process."""
+    sources = args.sources.split(",")
+    runs = [(source, cache) for source in sources for cache in ("cold", "warm")]
+    trees = {"new": str(HERE.parent), "old": str(Path(args.ab).resolve())}
+    table.write(f"{tmp}/targets.ecsv", format="ascii.ecsv", overwrite=True)
+    results = {"new": [], "old": []}
+    values = {}
+    for r in range(args.rounds):
+        for code in (("old", "new") if r % 2 == 0 else ("new", "old")):
+            spec = {"targets": f"{tmp}/targets.ecsv", "skyserver": sdss.url,
+                    "sas": sdss.url + "/sas", "model": model_path,
+                    "cache_dir": f"{tmp}/cache-{code}-{r}", "max_workers": args.max_workers,
+                    "torch_threads": args.torch_threads, "runs": runs,
+                    "out": f"{tmp}/{code}-{r}.json", "values": f"{tmp}/{code}-{r}"}
+            Path(f"{tmp}/spec.json").write_text(json.dumps(spec))
+            env = dict(os.environ, PYTHONPATH=trees[code])
+            subprocess.run([sys.executable, __file__, "--child", f"{tmp}/spec.json"], env=env,
+                           check=True)
+            records = json.loads(Path(spec["out"]).read_text())
+            results[code].append(records)
+            for source, cache in runs:
+                values[(code, source, cache)] = np.load(f"{spec['values']}-{source}-{cache}.npy")
+            print(code, r, json.dumps([{k: rec[k] for k in ("source", "cache", "seconds",
+                                                            "galaxies_per_s",
+                                                            "galaxies_per_cpu_s")}
+                                       for rec in records]), file=sys.stderr)
+    summary = []
+    for j, (source, cache) in enumerate(runs):
+        row = {"source": source, "cache": cache}
+        for key in ("galaxies_per_s", "galaxies_per_cpu_s"):
+            old = [rounds[j][key] for rounds in results["old"]]
+            new = [rounds[j][key] for rounds in results["new"]]
+            row[f"old_{key}"] = float(np.median(old))
+            row[f"new_{key}"] = float(np.median(new))
+            row[f"ratio_{key}"] = [round(b / a, 2) for a, b in zip(old, new)]
+        row.update(_max_diff(values[("new", source, cache)], values[("old", source, cache)]))
+        summary.append(row)
+    return {"old_code": trees["old"], "rounds": args.rounds, "summary": summary,
+            "runs": results}
 
 
 def _baseline(path, table, sdss, model_path, max_workers, tmp):
@@ -169,6 +233,10 @@ def main(argv=None):
     p.add_argument("--baseline", default=None, help="tree of older code, run with PYTHONPATH")
     p.add_argument("--model", default=None)
     p.add_argument("--skip-cluster", action="store_true")
+    p.add_argument("--ab", default=None, help="tree of older code: alternating A/B runs")
+    p.add_argument("--rounds", type=int, default=2, help="A/B rounds (--ab)")
+    p.add_argument("--sources", default="frames,jpeg", help="cutout sources (--ab)")
+    p.add_argument("--torch-threads", type=int, default=1, help="torch threads (--ab)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -196,6 +264,12 @@ def main(argv=None):
                    "ra": np.asarray(cat["ra"].to_value("deg"))[order],
                    "dec": np.asarray(cat["dec"].to_value("deg"))[order]})
     with MockSDSS(sky=sky) as sdss, conf.set_temp("max_workers", args.max_workers):
+        if args.ab:
+            out["ab"] = _ab(args, table, sdss, model_path, tmp.name)
+            out["total_s"] = round(time.perf_counter() - t0, 1)
+            print(json.dumps(out, indent=2))
+            tmp.cleanup()
+            return
         model = load_model(model_path, device="cpu")
         single, values = _single_process(table, model, f"{tmp.name}/cache-single")
         out["single_process"] = single

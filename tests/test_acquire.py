@@ -550,3 +550,14 @@ def test_frames_route_decompresses_each_frame_once(sdss, monkeypatch):
     assert set(downloads.values()) == {1}
     assert len(parsed) == len(downloads) >= 6
     assert set(parsed.values()) == {1}
+
+
+def test_sky_order_puts_neighbours_together():
+    """Targets of one 0.5 deg cell follow each other (by RA), cells row by row in Dec;
+    ties keep their input order. predict_metallicity chunks tables in this order."""
+    ra = np.array([150.30, 10.10, 150.10, 10.40, 150.20, 10.10, 200.0])
+    dec = np.array([2.10, -0.20, 2.20, -0.30, 2.40, -0.20, 2.30])
+    order = _fields.sky_order(SkyCoord(ra, dec, unit="deg"))
+    assert list(order) == [1, 5, 3, 2, 4, 0, 6]
+    assert sorted(order) == list(range(7))
+    assert _fields.sky_order(SkyCoord([], [], unit="deg")).size == 0

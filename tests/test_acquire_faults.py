@@ -98,7 +98,11 @@ def test_full_disk_cache_degrades_and_recovers(sdss, monkeypatch, caplog):
 # --------------------------------------------------------------------------- whole-request deadline
 
 class _TrickleHandler(http.server.BaseHTTPRequestHandler):
-    """Announces 2,000 bytes of JPEG, sends one byte every 0.2 s for 12 s, then hangs up."""
+    """Announces 2,000 bytes, sends one byte every 0.2 s for 12 s, then hangs up.
+
+    GET and POST alike (a POST's body is read first), so it serves ImgCutout
+    downloads as well as astroquery's SQL search and cross-id uploads.
+    """
 
     protocol_version = "HTTP/1.1"
 
@@ -118,6 +122,10 @@ class _TrickleHandler(http.server.BaseHTTPRequestHandler):
                     return
         except OSError:  # the client gave up: what the test wants
             return
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
 
 
 @pytest.fixture
@@ -156,6 +164,46 @@ def test_trickling_imgcutout_becomes_a_timeout_flag(trickle_url):
         assert time.monotonic() - start < 12.0  # two attempts of about 1 s, and a backoff
     assert list(result.flags) == ["fetch_failed: timeout (no complete answer within 1 s) "
                                   "after 2 attempts"]
+
+
+def test_trickling_skyserver_cuts_astroquery_sql_at_the_whole_request_deadline(trickle_url):
+    """The Field look-up's SQL goes through astroquery, which passed ``conf.timeout`` to
+    requests as a per-read timeout only: before, the query ran for the whole 12 s trickle
+    and failed as a broken connection; now it is cut once the request has run 1 s."""
+    with conf.set_temp("timeout", 1.0), conf.set_temp("max_retries", 0), \
+            conf.set_temp("skyserver_baseurl", trickle_url):
+        start = time.monotonic()
+        with pytest.raises(FetchError, match=r"^timeout \(no complete answer within 1 s\) "
+                                             r"after 1 attempts$"):
+            _sdss.query_sql("SELECT run FROM Field")
+        assert time.monotonic() - start < 8.0  # an upper bound on hanging, not a benchmark
+
+
+def test_trickling_crossid_becomes_a_timeout_flag(trickle_url):
+    """The petroR90_r cross-id (an astroquery upload, POST) gets the same deadline."""
+    coords = SkyCoord([10.0, 10.01], [1.0, 1.0], unit="deg")
+    with conf.set_temp("timeout", 1.0), conf.set_temp("max_retries", 0), \
+            conf.set_temp("skyserver_baseurl", trickle_url):
+        start = time.monotonic()
+        r90, flags = _sdss.lookup_petro_r90(coords)
+        assert time.monotonic() - start < 8.0
+    assert list(flags) == ["fetch_failed: timeout (no complete answer within 1 s) "
+                           "after 1 attempts"] * 2
+    assert np.isnan(r90.value).all()
+
+
+def test_deadline_session_keeps_astroquery_answers_whole(sdss):
+    """Through the deadline session astroquery still gets complete answers (a small SQL
+    result and a cross-id upload against the mock SkyServer)."""
+    assert isinstance(_sdss._SDSS._session, _http.DeadlineSession)
+    cat = sdss.catalog
+    fields = _sdss.query_sql("SELECT run, camcol, field FROM Field")
+    assert len(fields) == len(sdss.sky.field_table())
+    coords = SkyCoord(cat["ra"][:3], cat["dec"][:3])
+    r90, flags = _sdss.lookup_petro_r90(coords)
+    assert list(flags) == ["", "", ""]
+    np.testing.assert_allclose(r90.to_value(u.arcsec),
+                               np.asarray(cat["petroR90_r"][:3], dtype=float), rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- Ctrl-C

@@ -187,11 +187,13 @@ def test_make_cutout_on_real_sdss_frame(shared_data):
     assert rgb[29:35, 29:35].mean() > rgb[:8, :8].mean() + 20
 
 
-def test_make_cutout_equals_reproject_interp_per_band():
+@pytest.mark.parametrize("radesys", ["ICRS", "FK5"])
+def test_make_cutout_equals_reproject_interp_per_band(radesys):
     """make_cutout computes the output grid's sky positions once for the three bands and
     samples each frame itself; the bands equal reproject_interp's, pixel for pixel, also
     where the cutout runs off the frame (edge rule and coverage) and for frames whose WCS
-    differ slightly between bands, as SDSS's do."""
+    differ slightly between bands, as SDSS's do. ICRS frames (SDSS's) take the direct
+    ``all_world2pix`` path, others (FK5) astropy's frame-aware ``world_to_pixel``."""
     from reproject import reproject_interp
 
     center = SkyCoord(150.0, 2.0, unit="deg")
@@ -199,6 +201,10 @@ def test_make_cutout_equals_reproject_interp_per_band():
     wcs = {"g": _frame_wcs(center, shape, 12.0, crpix=[130.8, 100.3]),
            "r": _frame_wcs(center, shape, 12.0),
            "i": _frame_wcs(center, shape, 12.01, crpix=[129.9, 100.6])}
+    for w in wcs.values():
+        w.wcs.radesys = radesys
+        w.wcs.equinox = 2000.0
+        w.wcs.set()
     galaxy = center.spherical_offsets_by(-40 * u.arcsec, 25 * u.arcsec)  # near a corner
     data = {b: _gaussian_frame(wcs[b], shape, galaxy, 300.0, 1.5, background=0.02)
             for b in "gri"}

@@ -12,7 +12,7 @@ from ._http import FetchError
 from ._sdss import load_frame_wcs, query_fields
 
 __all__ = ["frames_for_target", "group_targets", "half_width_deg", "in_footprint",
-           "ra_interval"]
+           "ra_interval", "sky_order"]
 
 _GROUP_CELL_DEG = 0.5  # targets in one cell share one Field query
 
@@ -193,6 +193,29 @@ def group_targets(coords, half_deg):
         boxes[key] = (float(np.min(ra[idx] - dra)), float(np.max(ra[idx] + dra)),
                       float(np.min(dec[idx] - half_deg[idx])), float(np.max(dec[idx] + half_deg[idx])))
     return groups, boxes
+
+
+def sky_order(coords):
+    """An order of the targets in which neighbours on the sky follow each other.
+
+    Targets are ordered by the sky cell of `group_targets` (0.5 deg cells,
+    row by row in Dec) and by RA within a cell, so that a run of consecutive
+    targets falls on few SDSS fields: a chunk of such a run needs few Field
+    queries and few frames.
+
+    Parameters
+    ----------
+    coords : `~astropy.coordinates.SkyCoord`
+        1-D array of positions.
+
+    Returns
+    -------
+    order : `~numpy.ndarray` of int
+        Indices into ``coords`` (a stable sort: ties keep their input order).
+    """
+    ra = np.asarray(coords.ra.deg, dtype=float)
+    dec = np.asarray(coords.dec.deg, dtype=float)
+    return np.lexsort((ra, np.floor(ra / _GROUP_CELL_DEG), np.floor(dec / _GROUP_CELL_DEG)))
 
 
 def in_footprint(coords):

@@ -20,6 +20,8 @@ skipped with one warning: the files are then used from memory only.
 ``conf.timeout`` bounds each request as a whole, not just each socket read:
 `get` streams the body and gives up once the request has run for
 ``conf.timeout`` seconds, so a server that trickles bytes cannot hold a worker.
+The SQL and cross-id queries sent through astroquery get the same deadline
+from `DeadlineSession`, the session of the package's own astroquery client.
 """
 
 import os
@@ -42,7 +44,8 @@ from .. import __version__
 from .._config import conf
 from ..logger import log
 
-__all__ = ["FetchError", "SdssUrls", "astroquery_sdss", "cache_dir", "cached_download", "get",
+__all__ = ["DeadlineSession", "FetchError", "SdssUrls", "astroquery_sdss", "cache_dir",
+           "cached_download", "get",
            "raise_for_status", "sdss_urls", "server_dir", "session", "thread_pool",
            "transient_status", "with_retries"]
 
@@ -360,6 +363,37 @@ def get(url, params=None):
         return content
     finally:
         response.close()
+
+
+class DeadlineSession(requests.Session):
+    """A `requests.Session` whose requests end within their ``timeout`` as a whole.
+
+    astroquery passes its ``timeout`` to `requests`, where it bounds each
+    socket read only: a server that trickles its answer holds a query for as
+    long as it trickles. A request sent through this session (without
+    ``stream=True``) is streamed instead, and its body read as in `get`,
+    until ``timeout`` seconds after the request started; the response then
+    carries the whole body, as a plain `requests` response does. Requests
+    with ``stream=True`` or a ``(connect, read)`` timeout pass through as
+    they are.
+    """
+
+    def request(self, method, url, *args, **kwargs):
+        timeout = kwargs.get("timeout")
+        if args or kwargs.get("stream") or not isinstance(timeout, (int, float)):
+            return super().request(method, url, *args, **kwargs)
+        timeout = float(timeout)
+        deadline = time.monotonic() + timeout
+        kwargs["stream"] = True
+        response = super().request(method, url, **kwargs)
+        try:
+            content = _read_body(response.raw, deadline, timeout)
+        finally:
+            response.close()
+        # what requests itself stores when it reads a non-streamed body
+        response._content = content
+        response._content_consumed = True
+        return response
 
 
 _READ_SIZE = 1 << 16

@@ -2,7 +2,9 @@
 
 Queries go through astroquery's public ``SDSS.query_sql_async`` and
 ``SDSS.query_crossid_async`` (the raw response, so that the HTTP status can
-be classified as transient or not) and are parsed with
+be classified as transient or not), on the package's own
+``astroquery.sdss.SDSSClass`` client whose session (`._http.DeadlineSession`)
+ends each query within ``conf.timeout`` as a whole, and are parsed with
 `astropy.table.Table.read`; with ``conf.tap_url`` set the Field look-up runs
 as ADQL through `pyvo.dal.TAPService`. Every URL comes from `.sdss_urls`.
 """
@@ -19,12 +21,13 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table, unique, vstack
-from astroquery.sdss import SDSS
+from astroquery.sdss import SDSS, SDSSClass
 from PIL import Image
 
 from .._config import conf
 from ..preprocess import header_wcs
 from ._http import (
+    DeadlineSession,
     FetchError,
     _Retryable,
     astroquery_sdss,
@@ -51,6 +54,32 @@ FRAME_SHAPE = (1489, 2048)
 _CROSSID_BATCH = 500
 _CROSSID_RADIUS = 5.0 * u.arcsec
 _ID_COLUMNS = ("objid", "specobjid")
+
+
+class _DeadlineSDSS(SDSSClass):
+    """astroquery's SDSS client, whose requests end within their timeout as a whole.
+
+    A separate instance, so that astroquery's shared ``SDSS`` object is left as
+    it is. Its session (`._http.DeadlineSession`) keeps the User-Agent and the
+    response hook astroquery set.
+    """
+
+    def __init__(self):
+        super().__init__()
+        plain = self._session
+        self._session = DeadlineSession()
+        self._session.headers.update(plain.headers)
+        self._session.hooks["response"] = list(plain.hooks["response"])
+        plain.close()
+
+    @property
+    def TIMEOUT(self):  # noqa: N802 - astroquery's name
+        # astroquery's cross-id first looks up the column lists with ``self.TIMEOUT``
+        # (60 s by default), which must follow conf.timeout too
+        return float(conf.timeout)
+
+
+_SDSS = _DeadlineSDSS()
 
 
 def _release(data_release):
@@ -99,7 +128,8 @@ def query_sql(sql, *, data_release=None, timeout=None):
     data_release : int, optional
         Default ``conf.data_release``.
     timeout : float, optional
-        Seconds per HTTP request; default ``conf.timeout``.
+        Seconds per HTTP request, the whole request (a server that trickles
+        its answer is abandoned then); default ``conf.timeout``.
 
     Returns
     -------
@@ -114,7 +144,7 @@ def query_sql(sql, *, data_release=None, timeout=None):
     dr = _release(data_release)
     timeout = float(conf.timeout if timeout is None else timeout)
     return _astroquery_table(
-        lambda: SDSS.query_sql_async(sql, timeout=timeout, data_release=dr, cache=False), "SQL")
+        lambda: _SDSS.query_sql_async(sql, timeout=timeout, data_release=dr, cache=False), "SQL")
 
 
 def _query_tap(url, adql):
@@ -226,7 +256,7 @@ def lookup_petro_r90(coords, *, radius=None):
             # astroquery warns when the server has no field list (fDocColumns); the
             # fields we ask for are standard PhotoObj columns, so this is harmless.
             warnings.filterwarnings("ignore", message="Field info are not available")
-            return SDSS.query_crossid_async(
+            return _SDSS.query_crossid_async(
                 sub, radius=radius, photoobj_fields=["ra", "dec", "petroR90_r"],
                 timeout=float(conf.timeout), data_release=int(conf.data_release), cache=False)
 
