@@ -452,8 +452,8 @@ def predict_metallicity_from_images(images, *, model=None, device=None, names=No
     -----
     The image checks catch images that cannot be SDSS *gri* cutouts; the
     out-of-distribution score catches many that pass them but are unlike the
-    training data (stars, empty sky, artefacts, other stretches), not all (a
-    galaxy with its colour channels swapped often passes; see the
+    training data (stars, empty sky, artefacts, swapped colour channels, other
+    stretches), not all (some stars and square-root stretches pass; see the
     documentation's page of limits).
     """
     if isinstance(images, (str, os.PathLike)):
