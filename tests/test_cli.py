@@ -292,8 +292,12 @@ def test_big_job_matches_one_process(tmp_path, sdss, pipeline_model, scheduler, 
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "Dask dashboard: http" in captured.err
-    assert f"wrote {len(frame)} rows ({len(frame) - 3} predicted) in" in captured.out
     result, files = _read_partitions(out)
+    # every galaxy of the sky predicted, the three bad rows not (the flags say why if not)
+    problems = {int(row): flag for row, flag in zip(result["input_row"], result["flag"])
+                if flag != "ok"}
+    assert sorted(problems) == list(range(len(frame) - 3, len(frame))), problems
+    assert f"wrote {len(frame)} rows ({len(frame) - 3} predicted) in" in captured.out
     assert len(files) >= 4  # the sky's galaxies are split into HEALPix tiles
     with conf.set_temp("cache_dir", str(tmp_path / "reference-cache")):
         ref = predict_metallicity(Table.from_pandas(frame), source="jpeg",
