@@ -121,7 +121,12 @@ def test_reproduces_the_model_card_on_its_80_validation_galaxies(validation, mod
 @pytest.mark.slow  # 400 images x 8 views: ~10 s of CPU, ~30 s on a busy machine
 def test_beats_the_mean_on_all_400(all_400, model_card):
     labels, result = all_400
-    assert len(result) == 400 and set(result["flag"]) == {"ok"}
+    flags = np.asarray(result["flag"], dtype=str)
+    # every galaxy predicted; a few may be flagged out-of-distribution (the threshold flags
+    # about 2 % of real galaxies out of fold; these 400 are in the reference, so fewer)
+    assert len(result) == 400 and not np.any(np.asarray(result["metallicity"].mask))
+    assert all(flag == "ok" or flag.startswith("ood: ") for flag in flags), set(flags)
+    assert np.mean(flags != "ok") <= 0.03
     true = np.asarray(labels["oh_p50"], dtype=float)
     rmse = _rmse(_values(result["metallicity"]), true)
     rmse_mean = _rmse(np.full_like(true, true.mean()), true)
