@@ -60,6 +60,19 @@ def _composite(bands):
     return gri_composite(g, r, i)
 
 
+
+def _sky_item(kind, jpeg_sky, frames_sky, ra, dec, scale):
+    """``(kind_jpeg, image)`` from ``jpeg_sky``'s ImgCutout JPEG when it is given, else
+    ``(kind_frames, image)`` composed from ``frames_sky``'s frames."""
+    import io
+
+    from PIL import Image
+
+    if jpeg_sky is not None:
+        data = jpeg_sky.cutout_jpeg(ra, dec, scale, _SIDE, _SIDE)
+        return f"{kind}_jpeg", np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return f"{kind}_frames", _composite(frames_sky.cutout(ra, dec, scale, _SIDE, _SIDE))
+
 def _stretched(bands, kind):
     """i, r, g as red, green, blue with a stretch other than SDSS's asinh."""
     out = []
@@ -78,10 +91,6 @@ def _stretched(bands, kind):
 
 def _sky_inputs(rng, n_each):
     """Stars, blank sky and other stretches from the simulated sky (JPEGs and frame bands)."""
-    import io
-
-    from PIL import Image
-
     from astro_metallicity.mock import MockSky
 
     sky = MockSky(n_galaxies=300, seed=11)
@@ -97,11 +106,7 @@ def _sky_inputs(rng, n_each):
     for k, s in enumerate(stars):
         ra, dec = sky.stars["ra"][s], sky.stars["dec"][s]
         scale = rng.uniform(0.2, 0.6)
-        if k % 2 == 0:
-            data = sky.cutout_jpeg(ra, dec, scale, _SIDE, _SIDE)
-            items.append(("star_jpeg", np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))))
-        else:
-            items.append(("star_frames", _composite(sky.cutout(ra, dec, scale, _SIDE, _SIDE))))
+        items.append(_sky_item("star", sky if k % 2 == 0 else None, sky, ra, dec, scale))
     all_ra = np.concatenate([gal_ra, sky.stars["ra"], grey_sky.catalog["ra"].value])
     all_dec = np.concatenate([gal_dec, sky.stars["dec"], grey_sky.catalog["dec"].value])
     n_blank = 0
@@ -113,11 +118,8 @@ def _sky_inputs(rng, n_each):
         if sep.min() < 40:
             continue
         scale = rng.uniform(0.2, 0.5)
-        if n_blank % 2 == 0:
-            data = grey_sky.cutout_jpeg(ra, dec, scale, _SIDE, _SIDE)
-            items.append(("blank_jpeg", np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))))
-        else:
-            items.append(("blank_frames", _composite(sky.cutout(ra, dec, scale, _SIDE, _SIDE))))
+        items.append(_sky_item("blank", grey_sky if n_blank % 2 == 0 else None, sky,
+                               ra, dec, scale))
         n_blank += 1
     order = np.argsort(np.asarray(cat["petroMag_r"].value))[:3 * n_each]
     for k, j in enumerate(order):

@@ -57,7 +57,6 @@ i.e. 320 galaxies per fold with 5 folds) is the full cross-fit.
 import argparse
 import hashlib
 import json
-import os
 import platform
 import sys
 import time
@@ -84,7 +83,10 @@ from astro_metallicity.train._metrics import regression_report, rmse_difference
 from astro_metallicity.train.dataset import _catalog_fingerprint
 from astro_metallicity.train.evaluation import _figure, _plot_pred_vs_true
 
-_REPO = Path(__file__).resolve().parents[1]
+# The sibling recipe (run as a script, this folder is on sys.path): the same data location
+# and report paths.
+from bundled import _default_shared, _relative  # noqa: E402
+
 
 #: Seed of the simulated sky used for pretraining (as recipes/bundled.py).
 SIM_SEED = 101
@@ -96,20 +98,6 @@ PHOTOMETRY_REFERENCE_DEX = 0.097
 SMOKE = {"arch": "tiny", "input_size": 32, "epochs": 2, "finetune_epochs": 1,
          "pretrain_epochs": 1, "n_folds": 2, "n_sim": 300, "min_sim": 100, "replay": 64,
          "n_boot": 200, "batch_size": 32}
-
-
-def _default_shared():
-    if "ASTRO_METALLICITY_SHARED_DATA" in os.environ:
-        return Path(os.environ["ASTRO_METALLICITY_SHARED_DATA"])
-    return _REPO.parent / "shared" / "data"
-
-
-def _relative(path):
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(_REPO))
-    except ValueError:
-        return str(path)
 
 
 def _network_digest(model):
