@@ -83,8 +83,10 @@ from astro_metallicity.train._metrics import regression_report, rmse_difference
 from astro_metallicity.train.dataset import _catalog_fingerprint
 from astro_metallicity.train.evaluation import _figure, _plot_pred_vs_true
 
-# The sibling recipe (run as a script, this folder is on sys.path): the same data location
-# and report paths.
+# The sibling recipe gives the same data location and report paths. Its folder is on
+# sys.path when this file runs as a script, but not when it is loaded by path (the tests).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bundled import _default_shared, _relative  # noqa: E402
 
 
