@@ -421,6 +421,38 @@ class MetallicityModel:
             import torch
 
             self.network = self.network.to(memory_format=torch.channels_last)
+        self._inference = None  # (weights version, network) of `_inference_network`
+
+    def _weights_version(self):
+        # in-place updates (an optimizer step, load_state_dict) bump a tensor's _version
+        state = list(self.network.parameters()) + list(self.network.buffers())
+        return tuple((id(t), t._version) for t in state)
+
+    def _inference_network(self):
+        """The network as run for prediction: BatchNorm folded into the convolutions.
+
+        Folding (`torch.fx.experimental.optimization.fuse`) and the channels-last
+        layout make a ResNet's CPU inference about 1.3 times faster; outputs
+        change by ~1e-6 of their scale (float rounding), far below 1e-4 dex.
+        Rebuilt when the weights change; a network that cannot be traced is run
+        as it is.
+        """
+        import torch
+
+        version = self._weights_version()
+        if self._inference is not None and self._inference[0] == version:
+            return self._inference[1]
+        network = self.network
+        if not network.training:
+            from torch.fx.experimental.optimization import fuse
+
+            try:
+                network = fuse(network).to(memory_format=torch.channels_last)
+            except Exception as exc:  # noqa: BLE001 - any tracing failure: run unfused
+                log.debug(f"running the network unfused ({type(exc).__name__}: {exc})")
+                network = self.network
+        self._inference = (version, network)
+        return network
 
     def __repr__(self):
         return (f"<MetallicityModel arch={self.metadata['arch']} outputs={self.outputs} "
@@ -504,8 +536,9 @@ class MetallicityModel:
         embedding = None
         captured = []
         hook = None
+        network = self._inference_network()
         if embed:
-            head = [m for m in self.network.modules() if isinstance(m, torch.nn.Linear)][-1]
+            head = [m for m in network.modules() if isinstance(m, torch.nn.Linear)][-1]
             hook = head.register_forward_pre_hook(
                 lambda module, args: captured.append(args[0].detach().float()))
         try:
@@ -517,9 +550,8 @@ class MetallicityModel:
                     raw = []
                     captured.clear()
                     for view in views:
-                        if self.device.type == "cuda":
-                            view = view.contiguous(memory_format=torch.channels_last)
-                        raw.append(self.network(view).float())
+                        view = view.contiguous(memory_format=torch.channels_last)
+                        raw.append(network(view).float())
                     raw = torch.stack(raw, dim=0).cpu().double().numpy()  # (V, B, 2*n_out)
                     mu, logvar = raw[..., :n_out], np.clip(raw[..., n_out:], -20.0, 20.0)
                     stop = start + len(batch)
