@@ -67,6 +67,34 @@ def test_save_load_roundtrip_predictions_match(tmp_path, images):
     assert "log_mstar" not in result
 
 
+def test_inference_network_folds_batchnorm_and_follows_weight_updates(images):
+    """Prediction runs a copy of the network with BatchNorm folded into the convolutions:
+    no BatchNorm left, outputs as the network's own to float rounding, and an in-place
+    change of the weights (a training step) is seen by the next prediction."""
+    torch.manual_seed(0)
+    net = build_network("resnet18", n_outputs=1).eval()
+    with torch.no_grad():  # BatchNorm statistics away from the identity, as after training
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    meta = default_metadata(arch="resnet18", outputs=["metallicity"], input_size=64,
+                            label_mean={"metallicity": 9.0}, label_std={"metallicity": 0.3})
+    model = MetallicityModel(net, meta, device="cpu")
+    fused = model._inference_network()
+    assert fused is not net
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(fused(x).numpy(), net(x).numpy(), rtol=0, atol=1e-4)
+    before = model.predict(images, tta=False)["metallicity"]
+    with torch.no_grad():
+        net.fc.bias.add_(1.0)
+    after = model.predict(images, tta=False)["metallicity"]
+    assert model._inference_network() is not fused
+    np.testing.assert_allclose(after - before, 0.3, atol=1e-4)  # the bias, times label_std
+
+
 def test_half_storage_is_smaller_and_close(tmp_path, images):
     net = build_network("tiny", n_outputs=2)
     meta = default_metadata(arch="tiny", input_size=32)
