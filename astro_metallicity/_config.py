@@ -57,6 +57,12 @@ class Conf(_config.ConfigNamespace):
         "Directory of the download cache. Empty means <astropy cache dir>/astro_metallicity. "
         "If it cannot be written, downloads are kept in memory only (with one warning).",
     )
+    frames_in_memory = _config.ConfigItem(
+        24,
+        "Decompressed SDSS frames (about 12 MB each) the frames route keeps in memory, so "
+        "that targets on neighbouring fields do not decompress a frame again.",
+        cfgtype="integer",
+    )
     batch_size = _config.ConfigItem(64, "Batch size for CNN inference.", cfgtype="integer")
     model_path = _config.ConfigItem(
         "",

@@ -136,9 +136,43 @@ def stop_worker_timer(dask_worker):
 
 
 def peak_rss_mb():
-    """Peak resident memory of this process (MiB)."""
+    """Peak resident memory of this process (MiB).
+
+    On Linux the high-water mark of this process image (``VmHWM``):
+    ``ru_maxrss`` survives fork and exec, so a worker or subprocess started by
+    a big parent (this benchmark holds the simulated sky) would report the
+    parent's peak.
+    """
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     scale = 1.0 / 1024 if sys.platform != "darwin" else 1.0 / 1024 ** 2
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _proc_status_mb(field):
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb():
+    """Resident memory of this process now (MiB; None where /proc is missing)."""
+    return _proc_status_mb("VmRSS")
+
+
+def reset_peak_rss():
+    """Restart this process's peak-memory count (Linux), so that `peak_rss_mb` covers what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
 
 
 def cpu_seconds():

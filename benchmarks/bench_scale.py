@@ -18,7 +18,10 @@ then predicts for every galaxy, in random order, with empty caches (cold):
    subprocess with ``PYTHONPATH=PATH``, against the same server.
 
 Prints galaxies/s (wall clock) and per CPU second, the peak resident memory
-of the process and of each worker, the time split by stage (see
+of the process during the prediction (``peak_rss_mb``; ``rss_before_mb`` is
+what the process held before it: the simulated sky and its rendered frames)
+and of each worker (since it started: ``ru_maxrss`` would report the
+parent's peak, inherited through fork and exec), the time split by stage (see
 ``bench_predict.py``; summed over the workers for the cluster), the largest
 difference between the paths' predictions, and the frames route's speed-up
 against the baseline. Prints JSON last.
@@ -53,6 +56,8 @@ from bench_predict import (  # noqa: E402
     cpu_seconds,
     peak_rss_mb,
     prerender_frames,
+    reset_peak_rss,
+    rss_mb,
     start_worker_timer,
     stop_worker_timer,
 )
@@ -76,6 +81,8 @@ def _single_process(table, model, cache_dir, source="frames"):
     from astro_metallicity.acquire._sdss import clear_memory_cache
 
     clear_memory_cache()
+    rss_before = rss_mb()
+    reset_peak_rss()
     with conf.set_temp("cache_dir", cache_dir), StageTimer() as timer:
         c0, t0 = cpu_seconds(), time.perf_counter()
         result = predict_metallicity(table, source=source, model=model, progress=False)
@@ -84,6 +91,7 @@ def _single_process(table, model, cache_dir, source="frames"):
     return {"seconds": round(seconds, 1), "galaxies_per_s": round(len(table) / seconds, 2),
             "galaxies_per_cpu_s": round(len(table) / cpu, 2),
             "predicted": int(np.isfinite(values).sum()),
+            "rss_before_mb": None if rss_before is None else round(rss_before, 0),
             "peak_rss_mb": round(peak_rss_mb(), 0), "stages": timer.split()}, values
 
 

@@ -552,6 +552,28 @@ def test_frames_route_decompresses_each_frame_once(sdss, monkeypatch):
     assert set(parsed.values()) == {1}
 
 
+def test_frames_in_memory_bounds_the_frame_memo(sdss, monkeypatch):
+    """conf.frames_in_memory is how many decompressed frames are kept: with 1, a target
+    list over several fields decompresses some frame again (the frames of a field and its
+    neighbours do not fit), and the memo never holds more than one."""
+    coords, _ = _galaxies(sdss, 24)
+    parsed = Counter()
+    real_parse = _sdss.parse_frame
+
+    def parse_frame(content, band=None):
+        data, header = real_parse(content, band)
+        parsed[(header["RUN"], header["CAMCOL"], header["FIELD"], band)] += 1
+        assert len(_sdss._frames._values) <= 1
+        return data, header
+
+    monkeypatch.setattr(_sdss, "parse_frame", parse_frame)
+    with conf.set_temp("max_workers", 1), conf.set_temp("frames_in_memory", 1):
+        result = fetch_cutouts(coords, source="frames", scale=SCALE, size=32)
+    assert np.all(result.good)
+    assert len(parsed) >= 6 and max(parsed.values()) > 1
+    assert len(_sdss._frames._values) == 1
+
+
 def test_sky_order_puts_neighbours_together():
     """Targets of one 0.5 deg cell follow each other (by RA), cells row by row in Dec;
     ties keep their input order. predict_metallicity chunks tables in this order."""

@@ -397,11 +397,16 @@ class _FrameMemo:
     returns another's frame.
     """
 
-    def __init__(self, maxsize):
-        self.maxsize = maxsize
+    def __init__(self, maxsize=None):
+        self._maxsize = maxsize
         self._lock = threading.Lock()
         self._values = OrderedDict()
         self._loading = {}  # key -> Lock held by the thread loading it
+
+    @property
+    def maxsize(self):
+        """How many frames are kept: the given size, else ``conf.frames_in_memory``."""
+        return max(1, int(conf.frames_in_memory if self._maxsize is None else self._maxsize))
 
     def get(self, key, load):
         while True:
@@ -420,7 +425,8 @@ class _FrameMemo:
             value = load()
             with self._lock:
                 self._values[key] = value
-                while len(self._values) > self.maxsize:
+                maxsize = self.maxsize
+                while len(self._values) > maxsize:
                     self._values.popitem(last=False)
             return value
         finally:
@@ -433,7 +439,7 @@ class _FrameMemo:
             self._values.clear()
 
 
-_frames = _FrameMemo(maxsize=12)
+_frames = _FrameMemo()
 
 
 def _parse_frame_wcs(content, band):
