@@ -100,7 +100,10 @@ class StageTimer:
 
     def __enter__(self):
         for module_name, attr, stage in self.stages:
-            module = importlib.import_module(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:  # an older layout of the package (--baseline)
+                continue
             func = getattr(module, attr, None)
             if func is None:
                 continue

@@ -78,7 +78,11 @@ def _model_path(arg, tmp):
 def _single_process(table, model, cache_dir, source="frames"):
     """Cold (or, with ``cache_dir`` filled, warm) run of ``predict_metallicity`` here."""
     from astro_metallicity import conf, predict_metallicity
-    from astro_metallicity.acquire._sdss import clear_memory_cache
+
+    try:
+        from astro_metallicity.acquire._sdss import clear_memory_cache
+    except ImportError:  # code before acquire became a package (--baseline)
+        from astro_metallicity.acquire import clear_memory_cache
 
     clear_memory_cache()
     rss_before = rss_mb()
