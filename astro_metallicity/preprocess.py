@@ -298,8 +298,8 @@ def _frame_pixels(wcs_in, world, nodes, shape_out):
     return x.ravel(), y.ravel()
 
 
-def _interp_frame(data, wcs_in, world, shape_out):
-    """`reproject_band` of one frame, given the output grid's nodes ``world`` (`_output_world`).
+def _interp_frame(data, wcs_in, grid, shape_out):
+    """`reproject_band` of one frame, given the output grid's nodes ``grid`` (`_output_world`).
 
     The arithmetic of `reproject.reproject_interp` (bilinear,
     ``roundtrip_coords=False``): frame pixel positions of the output pixels
@@ -314,8 +314,7 @@ def _interp_frame(data, wcs_in, world, shape_out):
     from scipy.ndimage import map_coordinates
 
     data = np.asarray(data, dtype=np.float32)
-    world, nodes = world
-    x, y = _frame_pixels(wcs_in, world, nodes, shape_out)
+    x, y = _frame_pixels(wcs_in, *grid, shape_out)
     coords = np.array([y, x], dtype=float)
     for axis, n in enumerate(data.shape):
         c = coords[axis]
@@ -328,14 +327,6 @@ def _interp_frame(data, wcs_in, world, shape_out):
     image = np.nan_to_num(image, nan=0.0)
     image[footprint <= 0] = 0.0
     return image, footprint
-
-
-def _median(data, axis=None):
-    return np.median(data, axis=axis)
-
-
-def _std(data, axis=None):
-    return np.std(data, axis=axis)
 
 
 def subtract_background(image, *, coverage=None, n_sigma=2.0):
@@ -376,7 +367,7 @@ def subtract_background(image, *, coverage=None, n_sigma=2.0):
     # Clipping without an axis works on the finite, unmasked values only, so plain
     # np.median / np.std give what the default nan-aware functions give, at half the
     # cost (sigma clipping was two thirds of this function's time).
-    sigma_clip = SigmaClip(sigma=3.0, maxiters=5, cenfunc=_median, stdfunc=_std)
+    sigma_clip = SigmaClip(sigma=3.0, maxiters=5, cenfunc=np.median, stdfunc=np.std)
     mask = invalid.copy()
     try:
         with warnings.catch_warnings():
@@ -451,13 +442,13 @@ def make_cutout(frames, center, *, size=128, scale=SDSS_PIXEL_SCALE, stretch=Non
     bands = {}
     coverage = np.ones((size, size))
     shape = (size * f, size * f)
-    world = None
+    grid = None
     for band in "gri":
         pairs = [_as_data_wcs(frame) for frame in frames[band]]
         if len(pairs) == 1:
-            if world is None:  # shared by the bands (each frame has its own WCS)
-                world = _output_world(wcs_out, shape)
-            image, cov = _interp_frame(*pairs[0], world, shape)
+            if grid is None:  # shared by the bands (each frame has its own WCS)
+                grid = _output_world(wcs_out, shape)
+            image, cov = _interp_frame(*pairs[0], grid, shape)
         else:  # a mosaic
             image, cov = reproject_band(pairs, wcs_out, shape)
         if f > 1:

@@ -397,16 +397,15 @@ class _FrameMemo:
     returns another's frame.
     """
 
-    def __init__(self, maxsize=None):
-        self._maxsize = maxsize
+    def __init__(self):
         self._lock = threading.Lock()
         self._values = OrderedDict()
         self._loading = {}  # key -> Lock held by the thread loading it
 
     @property
     def maxsize(self):
-        """How many frames are kept: the given size, else ``conf.frames_in_memory``."""
-        return max(1, int(conf.frames_in_memory if self._maxsize is None else self._maxsize))
+        """How many frames are kept (``conf.frames_in_memory``, read at each insertion)."""
+        return max(1, int(conf.frames_in_memory))
 
     def get(self, key, load):
         while True:
