@@ -170,12 +170,12 @@ def off_survey(img, thresh=2):
     return bool(rows.any() or cols.any())
 
 
-def load_sim(n, seed, oh_real, pool_factor=8, appearance="sdss"):
+def load_sim(n, seed, oh_real, pool_factor=8, appearance="sdss", sky_frames=None):
     """Simulated cutouts drawn like the real ones (see the module docstring)."""
     from astro_metallicity.mock import MockSky
 
     n_pool = max(int(pool_factor * n), 200)
-    sky = MockSky(n_galaxies=n_pool, seed=seed, appearance=appearance)
+    sky = MockSky(n_galaxies=n_pool, seed=seed, appearance=appearance, sky_frames=sky_frames)
     cat = sky.catalog
 
     def col(name):
@@ -201,7 +201,9 @@ def load_sim(n, seed, oh_real, pool_factor=8, appearance="sdss"):
     if len(images) < n:
         msg = f"only {len(images)} usable simulated galaxies out of {n_pool}; lower --n-sim"
         raise RuntimeError(msg)
-    info = {"pool": n_pool, "appearance": appearance, "spectroscopic_sample": int(len(sample)),
+    info = {"pool": n_pool, "appearance": appearance,
+            "sky_frames": None if sky.sky_frames is None else sky.sky_frames.names,
+            "spectroscopic_sample": int(len(sample)),
             "rejected_off_survey": rejected, "jpeg": jpeg_info(first)}
     return np.stack(images), oh[chosen], [int(cat["objid"][j]) for j in chosen], info
 
@@ -497,6 +499,9 @@ def main(argv=None):
     parser.add_argument("--appearance", default="sdss", choices=("sdss", "classic"),
                         help="appearance preset of the simulated sky (default sdss; classic is the "
                              "sky the bundled model was trained on)")
+    parser.add_argument("--sky-frames", type=Path, nargs="+", default=None,
+                        help="real SDSS frame files (g, r, i of a field) to inject the simulated "
+                             "galaxies into (MockSky(sky_frames=...)); default: the simulated sky")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1; on a busy 2-core machine 1 is faster)")
@@ -530,10 +535,11 @@ def main(argv=None):
     log(f"real: {len(real)} cutouts from {folder} (JPEG quality ~{real_jpeg['quality']}, "
         f"{real_jpeg['subsampling']})")
     t0 = time.perf_counter()
-    sim, oh_sim, sim_ids, sim_info = load_sim(args.n_sim, args.seed, oh_real, appearance=args.appearance)
+    sim, oh_sim, sim_ids, sim_info = load_sim(args.n_sim, args.seed, oh_real, appearance=args.appearance,
+                                               sky_frames=args.sky_frames)
     timings["simulate_s"] = time.perf_counter() - t0
     log(f"simulated: {len(sim)} cutouts from MockSky(seed={args.seed}, n_galaxies={sim_info['pool']}, "
-        f"appearance={args.appearance!r}), "
+        f"appearance={args.appearance!r}, sky_frames={sim_info['sky_frames']}), "
         f"{sim_info['spectroscopic_sample']} in the spectroscopic sample, "
         f"{sim_info['rejected_off_survey']} rejected off the survey edge "
         f"(JPEG quality ~{sim_info['jpeg']['quality']}, {sim_info['jpeg']['subsampling']}); "

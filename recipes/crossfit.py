@@ -55,6 +55,7 @@ i.e. 320 galaxies per fold with 5 folds) is the full cross-fit.
 """
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import platform
@@ -69,6 +70,7 @@ from astro_metallicity.model import load_model, save_model
 from astro_metallicity.train import (
     TrainingConfig,
     build_dataset,
+    calibrate_out_of_fold,
     cross_fit,
     dataset_from_images,
     query_training_catalog,
@@ -95,6 +97,9 @@ SIM_SEED = 101
 #: Literature RMSE an image model should beat: gradient boosting on SDSS + AllWISE
 #: magnitudes (Zeraatgari et al. 2024, A&A 688, A33).
 PHOTOMETRY_REFERENCE_DEX = 0.097
+
+#: Network seeds of ensemble member m are the recipe's seed + MEMBER_SEED_STEP * m.
+MEMBER_SEED_STEP = 1000
 
 #: What --smoke changes (anything given explicitly on the command line still wins).
 SMOKE = {"arch": "tiny", "input_size": 32, "epochs": 2, "finetune_epochs": 1,
@@ -182,13 +187,18 @@ def _images_trained(result, real_repeat, n_replay):
                    for f in result.metrics["per_fold"]))
 
 
-def _run_size(args, real, size, pretrained, replay, configs, work, digest):
-    """The real-only and sim-pretrained cross-fits of one training size."""
-    real_only_config, finetune_config = configs
-    tag = "all" if size is None else f"n{size}"
+def _run_size(args, real, size, pretrained, replay, configs, work, digest, member=0):
+    """The real-only and sim-pretrained cross-fits of one training size.
+
+    ``member`` > 0 trains another member of the ensembles: the same folds, inner
+    splits and settings, network seeds ``seed + MEMBER_SEED_STEP * member``.
+    """
+    real_only_config, finetune_config = (
+        dataclasses.replace(c, seed=c.seed + MEMBER_SEED_STEP * member) for c in configs)
+    tag = ("all" if size is None else f"n{size}") + (f"_m{member}" if member else "")
     common = {"n_folds": args.n_folds, "seed": args.seed, "train_size": size,
               "val_fraction": args.val_fraction, "tta": not args.no_tta,
-              "keep_models": size is None}
+              "keep_models": size is None and not member}
 
     def folder(name):
         # without checkpoints nothing is written per epoch (fast on a GPU) and nothing resumes
@@ -196,7 +206,7 @@ def _run_size(args, real, size, pretrained, replay, configs, work, digest):
     runs, entry = {}, {"full": size is None}
     t0 = time.perf_counter()
     runs["real_only"] = cross_fit(
-        real, real_only_config, baselines=True, **common,
+        real, real_only_config, baselines=not member, **common,
         checkpoint_dir=folder(f"real_only_{args.arch}_{args.input_size}px_e{args.epochs}"
                               f"_lr{args.lr:g}_p{args.patience}_b{args.batch_size}"),
         metadata={"provenance": {"stage": "trained from scratch on real SDSS ImgCutout JPEGs"}})
@@ -222,6 +232,10 @@ def _run_size(args, real, size, pretrained, replay, configs, work, digest):
         entry[name]["coverage_1sigma_cross_validated"] = result.calibration[
             "coverage_cross_validated"]
         entry[name]["rmse_ci95"] = _rmse_interval(result.truth, result.predictions, args)
+    if member:
+        log.info(f"size {tag}: out-of-fold RMSE real-only {entry['real_only']['rmse']:.4f}, "
+                 f"sim-pretrained {entry['sim_pretrained']['rmse']:.4f}")
+        return runs, entry
     entry["image_colours"] = {"rmse": runs["real_only"].metrics["baselines"]["image_colours"][
         "rmse"]}
     entry["sim_pretrained_vs_real_only"] = runs["sim_pretrained"].compare(
@@ -232,6 +246,46 @@ def _run_size(args, real, size, pretrained, replay, configs, work, digest):
     log.info(f"size {tag}: out-of-fold RMSE real-only {entry['real_only']['rmse']:.4f}, "
              f"sim-pretrained {entry['sim_pretrained']['rmse']:.4f}")
     return runs, entry
+
+
+def _ensembles(args, truth, members):
+    """Out-of-fold figures of equal-weight ensembles of the full cross-fits' networks.
+
+    ``members[name][m]`` is the cross-fit of member ``m`` of ``name`` (real-only or
+    sim-pretrained). Every ensemble has ``--members`` networks per fold, so they
+    compare like with like: the real-only ensemble, the sim-pretrained ensemble
+    and the mixed one (the first half of the real-only members and the first
+    half, rounded up, of the sim-pretrained ones). Whether the simulation earns
+    its place is the paired bootstrap of the mixed against the real-only
+    ensemble: the same number of networks, with or without the simulation.
+    Their errors are the members' mean raw error, calibrated out of fold.
+    """
+    k = args.members
+    labelled = {name: [(f"{name} member {m}", r) for m, r in enumerate(runs)]
+                for name, runs in members.items()}
+    combos = {"real_only": labelled["real_only"], "sim_pretrained": labelled["sim_pretrained"],
+              "mixed": labelled["real_only"][:k // 2] + labelled["sim_pretrained"][:k - k // 2]}
+    folds = members["real_only"][0].folds
+    out = {"members": k, "member_seeds": [args.seed + MEMBER_SEED_STEP * m for m in range(k)]}
+    predictions = {}
+    for name, runs in combos.items():
+        pred = np.mean([r.predictions for _, r in runs], axis=0)
+        raw = np.mean([r.raw_errors for _, r in runs], axis=0)
+        calibration = calibrate_out_of_fold(truth, pred, raw, folds)
+        predictions[name] = (pred, calibration["err_cross_validated"])
+        out[name] = {**regression_report(truth, pred, calibration["err_cross_validated"]),
+                     "rmse_ci95": _rmse_interval(truth, pred, args),
+                     "coverage_1sigma_cross_validated": calibration["coverage_cross_validated"],
+                     "metallicity_error_scale": calibration["scale"],
+                     "networks": [label for label, _ in runs]}
+    for name in ("mixed", "sim_pretrained"):
+        out[f"{name}_vs_real_only"] = rmse_difference(
+            truth, predictions[name][0], predictions["real_only"][0], n_boot=args.n_boot,
+            seed=args.seed)
+    log.info("ensembles of %d networks per fold, out-of-fold RMSE: real-only %.4f, "
+             "sim-pretrained %.4f, mixed %.4f", k, out["real_only"]["rmse"],
+             out["sim_pretrained"]["rmse"], out["mixed"]["rmse"])
+    return out, predictions
 
 
 def _rmse_interval(truth, pred, args):
@@ -332,6 +386,17 @@ def run_crossfit_recipe(args):
             headline = runs
     curve.reverse()
     report["data_size_curve"] = curve
+    ensemble_predictions = {}
+    if args.members > 1:
+        members = {name: [headline[name]] for name in headline}
+        for m in range(1, args.members):
+            t0 = time.perf_counter()
+            runs, _ = _run_size(args, real, None, pretrained, replay, configs, work, digest,
+                                member=m)
+            timings[f"member_{m}"] = time.perf_counter() - t0
+            for name, result in runs.items():
+                members[name].append(result)
+        report["ensembles"], ensemble_predictions = _ensembles(args, truth, members)
 
     real_only, sim_pre = headline["real_only"], headline["sim_pretrained"]
     report["real_400"] = {
@@ -371,6 +436,9 @@ def run_crossfit_recipe(args):
     for suffix in ("", "_err", "_err_raw"):
         table[f"sim_pretrained{suffix}"] = sim_table[f"oof_metallicity{suffix}"]
     table["pretrained_only"] = raw["metallicity"] * u.dex
+    for name, (pred, err) in ensemble_predictions.items():
+        table[f"ensemble_{name}"] = pred * u.dex
+        table[f"ensemble_{name}_err"] = err * u.dex
     table.write(out / "crossfit_oof.ecsv", overwrite=True)
 
     # the fold networks of the full cross-fit, error scale fitted out of fold: the
@@ -456,6 +524,9 @@ def _parser():
     net.add_argument("--sizes", type=_sizes, default=[50, 100, 200, 400],
                      help="real training sizes of the data-size curve (comma-separated)")
     net.add_argument("--seed", type=int, default=0)
+    net.add_argument("--members", type=int, default=1,
+                     help="networks per fold and kind for the ensembles of the full cross-fit "
+                          "(network seeds seed + %d m; default 1: no ensembles)" % MEMBER_SEED_STEP)
     net.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     net.add_argument("--no-tta", action="store_true", help="no test-time augmentation")
     net.add_argument("--device", default="auto")
@@ -490,6 +561,10 @@ def main(argv=None):
                                                         e["sim_pretrained"]["rmse"]]
                    for e in report["data_size_curve"]},
                "timings_s": report["timings_s"]}
+    if "ensembles" in report:
+        ens = report["ensembles"]
+        summary["ensembles_rmse"] = {k: ens[k]["rmse"] for k in ("real_only", "sim_pretrained", "mixed")}
+        summary["mixed_vs_real_only"] = ens["mixed_vs_real_only"]
     print(json.dumps(summary, indent=2))
     return 0
 

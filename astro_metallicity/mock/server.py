@@ -436,6 +436,8 @@ class MockSDSS:
                                   time.time_ns() if self.faults else 0], default=str).encode())
         if self.sky.appearance != "classic":
             digest.update(self.sky.appearance.encode())
+        if self.sky.sky_frames is not None:
+            digest.update(self.sky.sky_frames.digest.encode())
         self.token = digest.hexdigest()[:12]
 
     @property

@@ -13,6 +13,7 @@ from astropy.coordinates import SkyCoord, search_around_sky
 from . import appearance as _app
 from ._footprint import BANDS, NCOL, NROW, PIXEL_SCALE, RERUN, Footprint, make_objid, wrap_ra
 from .population import simulate_galaxies
+from .real_sky import SKY_BANDS, SkyFrames
 from .render import SEEING_RATIO, SKY_MAG, _band_index, frame_hdulist, render_frame
 
 __all__ = ["MockSky"]
@@ -73,18 +74,27 @@ class MockSky:
         more stars, faint background galaxies, SkyServer-like JPEG sky and
         double compression). Default: the catalogue's (``catalog.meta``), else
         ``"classic"``.
+    sky_frames : sequence of path-like or `~astro_metallicity.mock.real_sky.SkyFrames`, optional
+        Real SDSS corrected frames (*g*, *r*, *i* of one or more fields): their
+        pixels are added to the noiseless galaxies of the *g*, *r* and *i* frames
+        in place of the simulated sky noise, stars and faint background galaxies
+        (source injection, see `~astro_metallicity.mock.real_sky`). Default: none.
     **kwargs
         Passed to `~astro_metallicity.mock.simulate_galaxies`.
     """
 
     def __init__(self, n_galaxies=1000, seed=0, *, catalog=None, stars_per_field=None,
-                 max_cached_frames=36, noise=True, appearance=None, **kwargs):
+                 max_cached_frames=36, noise=True, appearance=None, sky_frames=None, **kwargs):
         if appearance is None:
             appearance = "classic" if catalog is None else catalog.meta.get("appearance", "classic")
         self.appearance = _app.check_appearance(appearance)
         sdss = appearance == "sdss"
+        if sky_frames is not None and not isinstance(sky_frames, SkyFrames):
+            sky_frames = SkyFrames(sky_frames)
+        # real frames bring their own stars and faint galaxies
+        self.sky_frames = sky_frames
         if stars_per_field is None:
-            stars_per_field = _app.SDSS_STARS_PER_FIELD if sdss else 40
+            stars_per_field = 0 if sky_frames is not None else _app.SDSS_STARS_PER_FIELD if sdss else 40
         if catalog is None:
             catalog = simulate_galaxies(n_galaxies, seed, appearance=appearance, **kwargs)
         self.catalog = catalog
@@ -171,7 +181,7 @@ class MockSky:
         fp = self.footprint
         rng = np.random.default_rng([self.seed, 7, 2026])
         nf = len(fp)
-        nbg = rng.poisson(_app.SDSS_BACKGROUND_GALAXIES * nf)
+        nbg = rng.poisson(_app.SDSS_BACKGROUND_GALAXIES * nf) if self.sky_frames is None else 0
         if nbg:
             bra, bdec = _uniform_positions(rng, fp, nbg)
             # number counts dN/dm ~ 10^(0.45 m) (Yasuda et al. 2001) between 17.8 and 22
@@ -411,7 +421,12 @@ class MockSky:
         return img
 
     def _render(self, k, band, region=None):
-        return render_frame(**self._sources(k, band), region=region)
+        sources = self._sources(k, band)
+        if self.sky_frames is None or band not in SKY_BANDS or not self.noise:
+            return render_frame(**sources, region=region)
+        # the real frame carries the sky noise: only the galaxies' own photon noise is drawn
+        image = render_frame(**{**sources, "sky_nmgy": 0.0}, region=region)
+        return image + self.sky_frames.region(self.seed, k, band, region)
 
     @_frame_doc
     def frame(self, run, camcol, field, band):

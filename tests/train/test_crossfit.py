@@ -314,7 +314,7 @@ def test_crossfit_recipe_smoke(labelled_set, tmp_path):
     out = tmp_path / "out"
     assert recipe.main(["--output", str(out), "--smoke", "--real-data", str(real),
                         "--device", "cpu", "--n-sim", "150", "--min-sim", "50",
-                        "--sizes", "40,400", "--n-boot", "50"]) == 0
+                        "--sizes", "40,400", "--n-boot", "50", "--members", "2"]) == 0
     report = json.loads((out / "crossfit_report.json").read_text())
     assert report["smoke"] and report["real_data"]["n"] == 160
     headline = report["real_400"]
@@ -334,3 +334,17 @@ def test_crossfit_recipe_smoke(labelled_set, tmp_path):
                                   "pretrained_only", "fold"} <= set(table.colnames)
     for figure in report["figures"]:
         assert Path(figure).is_file() or (RECIPE.parents[1] / figure).is_file()
+    # ensembles of two networks per fold: member 0 is the headline network of each kind,
+    # so the mixed ensemble is the mean of the two headline predictions
+    ens = report["ensembles"]
+    assert ens["members"] == 2 and ens["member_seeds"] == [0, 1000]
+    assert ens["mixed"]["networks"] == ["real_only member 0", "sim_pretrained member 0"]
+    truth = np.asarray(table["oh_p50"])
+    mixed = (np.asarray(table["real_only"]) + np.asarray(table["sim_pretrained"])) / 2
+    assert np.asarray(table["ensemble_mixed"]) == pytest.approx(mixed)
+    assert ens["mixed"]["rmse"] == pytest.approx(np.sqrt(np.mean((mixed - truth) ** 2)))
+    # the second real-only member is another network (its own seed), not a copy
+    second = 2 * np.asarray(table["ensemble_real_only"]) - np.asarray(table["real_only"])
+    assert np.abs(second - np.asarray(table["real_only"])).max() > 1e-4
+    assert ens["mixed_vs_real_only"]["n"] == 160
+    assert 0 < ens["mixed"]["coverage_1sigma_cross_validated"] < 1
