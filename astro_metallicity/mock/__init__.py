@@ -8,6 +8,7 @@ survey is a test bed, not the sky.
 """
 
 from .population import simulate_galaxies
+from .real_sky import SkyFrames
 from .server import Faults, MockSDSS, serve
 from .sky import MockSky
 
@@ -15,6 +16,7 @@ __all__ = [
     "Faults",
     "MockSDSS",
     "MockSky",
+    "SkyFrames",
     "serve",
     "simulate_galaxies",
 ]

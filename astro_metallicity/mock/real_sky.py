@@ -57,6 +57,16 @@ class SkyFrames:
         its *r* frame's pixel grid (`reproject.reproject_interp`), as SkyServer
         aligns the bands of its colour images.
 
+    Attributes
+    ----------
+    fields : list of dict
+        Per real field: ``{band: float32 image}`` in nanomaggies per pixel, all
+        on the *r* frame's grid.
+    names : list of str
+        The fields as ``"{run:06d}-{camcol}-{field:04d}"``, in the order of ``fields``.
+    digest : str
+        Short hash of the pixels (part of a `~astro_metallicity.mock.MockSDSS` URL token).
+
     Raises
     ------
     ValueError

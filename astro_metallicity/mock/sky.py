@@ -74,11 +74,11 @@ class MockSky:
         more stars, faint background galaxies, SkyServer-like JPEG sky and
         double compression). Default: the catalogue's (``catalog.meta``), else
         ``"classic"``.
-    sky_frames : sequence of path-like or `~astro_metallicity.mock.real_sky.SkyFrames`, optional
+    sky_frames : sequence of path-like or `~astro_metallicity.mock.SkyFrames`, optional
         Real SDSS corrected frames (*g*, *r*, *i* of one or more fields): their
         pixels are added to the noiseless galaxies of the *g*, *r* and *i* frames
         in place of the simulated sky noise, stars and faint background galaxies
-        (source injection, see `~astro_metallicity.mock.real_sky`). Default: none.
+        (source injection, see `~astro_metallicity.mock.SkyFrames`). Default: none.
     **kwargs
         Passed to `~astro_metallicity.mock.simulate_galaxies`.
     """
