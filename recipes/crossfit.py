@@ -25,7 +25,9 @@ out-of-fold residuals can be compared galaxy by galaxy):
 2. The pretrained network: ``--pretrained PATH``, or pretrain one here on the
    simulated sky (`astro_metallicity.mock.MockSDSS` with ``--appearance``,
    catalogue through `query_training_catalog`, cutouts through the prediction
-   pipeline's own ImgCutout route, 90/10 train/validation split). Its error on
+   pipeline's own ImgCutout route, 90/10 train/validation split; with
+   ``--sky-frames``, the simulated galaxies injected into real SDSS frames,
+   `astro_metallicity.mock.SkyFrames`). Its error on
    the 400 real galaxies, with no real fine-tuning, is reported
    (``pretrained_only``): it never saw a real galaxy.
 3. 5-fold cross-fitting (`astro_metallicity.train.cross_fit`, folds stratified by
@@ -124,11 +126,12 @@ def _sim_set(args, work):
 
     if args.sim_store:
         return read_dataset(args.sim_store), {"store": _relative(args.sim_store)}
-    with MockSDSS(n_galaxies=args.n_sim, seed=args.sim_seed, appearance=args.appearance):
+    with MockSDSS(n_galaxies=args.n_sim, seed=args.sim_seed, appearance=args.appearance,
+                  sky_frames=args.sky_frames) as server:
         catalog = Table(query_training_catalog())
         catalog.sort("objID")  # galaxies of one field together: frames rendered once
         store = work / (f"sim_{args.appearance}_seed{args.sim_seed}_n{args.n_sim}_"
-                        f"{_catalog_fingerprint(catalog)[:8]}.h5")
+                        f"{_catalog_fingerprint(catalog)[:8]}{_sky_tag(server.sky)}.h5")
         build_dataset(catalog, store, source="jpeg", scale="adaptive", size=128,
                       chunk_size=500, progress=False)
     sim = read_dataset(store)
@@ -136,9 +139,16 @@ def _sim_set(args, work):
         msg = (f"the simulated set has {len(sim)} usable cutouts, fewer than --min-sim "
                f"{args.min_sim}; raise --n-sim")
         raise RuntimeError(msg)
+    frames = None if args.sky_frames is None else [_relative(p) for p in args.sky_frames]
     return sim, {"sky": f"astro_metallicity.mock.MockSDSS(n_galaxies={args.n_sim}, "
-                        f"seed={args.sim_seed}, appearance={args.appearance!r})",
+                        f"seed={args.sim_seed}, appearance={args.appearance!r}, "
+                        f"sky_frames={frames})",
                  "n_cutouts": len(sim), "store": _relative(store)}
+
+
+def _sky_tag(sky):
+    """Part of a file name that tells an injected sky (real frames behind the galaxies) apart."""
+    return "" if sky.sky_frames is None else f"_inj{sky.sky_frames.digest[:8]}"
 
 
 def _pretrained(args, work, sim):
@@ -154,6 +164,7 @@ def _pretrained(args, work, sim):
         seed=args.seed, device=args.device, num_workers=args.num_workers)
     # the simulated set's fingerprint in the name: another sky never resumes this one
     folder = work / (f"pretrain_{_catalog_fingerprint(sim.catalog)[:8]}_n{len(sim)}"
+                     f"{'_inj' if args.sky_frames else ''}"
                      f"_{args.arch}_{args.input_size}px_e{args.pretrain_epochs}"
                      f"_lr{args.pretrain_lr:g}_s{args.seed}")
     result = train_model(sim_train, sim_val, config, checkpoint_dir=folder, metadata={
@@ -493,6 +504,9 @@ def _parser():
                                           "pretrain one on the simulated sky here")
     pre.add_argument("--appearance", default="sdss", choices=("sdss", "classic"),
                      help="appearance preset of the simulated sky")
+    pre.add_argument("--sky-frames", nargs="+", default=None,
+                     help="real SDSS frame files (g, r, i of a field) to inject the simulated "
+                          "galaxies into (MockSky(sky_frames=...)); default: the simulated sky")
     pre.add_argument("--sim-store", help="HDF5 cutout store of simulated galaxies "
                                          "(build_dataset) instead of making one")
     pre.add_argument("--n-sim", type=int, default=22000, help="galaxies in the simulated sky")
