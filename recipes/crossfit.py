@@ -52,6 +52,12 @@ out-of-fold residuals can be compared galaxy by galaxy):
    stay the same), as a figure of out-of-fold RMSE against the number of real
    training galaxies, with the pretrained-only error as a line.
 
+6. With ``--members K`` (K > 1), K - 1 more networks of each kind on the full
+   cross-fit (same folds and inner splits, network seeds ``seed + 1000 m``) and
+   the out-of-fold figures of equal-size ensembles: real-only, sim-pretrained
+   and mixed (half of each), with the paired bootstrap of mixed against
+   real-only: whether the simulation adds more than another real-only network.
+
 A size at least as large as a fold's training part (``400``: 4/5 of the 400,
 i.e. 320 galaxies per fold with 5 folds) is the full cross-fit.
 """
@@ -146,6 +152,13 @@ def _sim_set(args, work):
                  "n_cutouts": len(sim), "store": _relative(store)}
 
 
+def _images_tag(sim):
+    """Part of a folder name that tells simulated sets with one catalogue but other pixels
+    apart (the same galaxies on a simulated and on a real sky): a hash of every 50th cutout."""
+    images = np.ascontiguousarray(sim.images[::50])
+    return f"_img{hashlib.sha1(images.tobytes()).hexdigest()[:8]}"
+
+
 def _sky_tag(sky):
     """Part of a file name that tells an injected sky (real frames behind the galaxies) apart."""
     return "" if sky.sky_frames is None else f"_inj{sky.sky_frames.digest[:8]}"
@@ -164,7 +177,7 @@ def _pretrained(args, work, sim):
         seed=args.seed, device=args.device, num_workers=args.num_workers)
     # the simulated set's fingerprint in the name: another sky never resumes this one
     folder = work / (f"pretrain_{_catalog_fingerprint(sim.catalog)[:8]}_n{len(sim)}"
-                     f"{'_inj' if args.sky_frames else ''}"
+                     f"{_images_tag(sim)}"
                      f"_{args.arch}_{args.input_size}px_e{args.pretrain_epochs}"
                      f"_lr{args.pretrain_lr:g}_s{args.seed}")
     result = train_model(sim_train, sim_val, config, checkpoint_dir=folder, metadata={
@@ -394,16 +407,17 @@ def run_crossfit_recipe(args):
         timings[f"size_{'all' if size is None else size}"] = time.perf_counter() - t0
         curve.append({"requested": effective[size], **entry})
         if headline is None:
-            headline = runs
+            headline, headline_size = runs, size
     curve.reverse()
     report["data_size_curve"] = curve
     ensemble_predictions = {}
     if args.members > 1:
+        # more members of the headline cross-fit (the largest size asked for)
         members = {name: [headline[name]] for name in headline}
         for m in range(1, args.members):
             t0 = time.perf_counter()
-            runs, _ = _run_size(args, real, None, pretrained, replay, configs, work, digest,
-                                member=m)
+            runs, _ = _run_size(args, real, headline_size, pretrained, replay, configs, work,
+                                digest, member=m)
             timings[f"member_{m}"] = time.perf_counter() - t0
             for name, result in runs.items():
                 members[name].append(result)
@@ -479,6 +493,14 @@ def run_crossfit_recipe(args):
     return report
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _sizes(text):
     sizes = sorted({int(s) for s in text.split(",") if s.strip()})
     if not sizes or sizes[0] < 2:
@@ -538,7 +560,7 @@ def _parser():
     net.add_argument("--sizes", type=_sizes, default=[50, 100, 200, 400],
                      help="real training sizes of the data-size curve (comma-separated)")
     net.add_argument("--seed", type=int, default=0)
-    net.add_argument("--members", type=int, default=1,
+    net.add_argument("--members", type=_positive_int, default=1,
                      help="networks per fold and kind for the ensembles of the full cross-fit "
                           "(network seeds seed + %d m; default 1: no ensembles)" % MEMBER_SEED_STEP)
     net.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")

@@ -8,7 +8,9 @@ solve the same problem by injecting simulated sources into their real images
 15; SynPipe: Huang et al. 2018, PASJ 70, S6). `SkyFrames` holds real SDSS
 corrected frames (*g*, *r*, *i* of one or more fields) that `MockSky` adds to
 its noiseless galaxies, in place of its simulated sky noise, stars and faint
-background galaxies (``MockSky(sky_frames=...)``).
+background galaxies (``MockSky(sky_frames=...)``): no stars or faint galaxies are
+simulated then, in any band, and the *u* and *z* frames keep only the simulated
+sky noise.
 
 Each simulated field gets one real field, shifted by a random whole-pixel
 offset (with wrap-around) and flipped at random, so that neighbouring cutouts
@@ -26,7 +28,7 @@ from ._footprint import NCOL, NROW
 
 __all__ = ["SkyFrames"]
 
-#: Bands taken from real frames; the simulated sky is kept for the others.
+#: Bands taken from real frames; the others keep the simulated sky noise.
 SKY_BANDS = "gri"
 
 
@@ -55,13 +57,15 @@ class SkyFrames:
         one per band *g*, *r* and *i* of each field (the band is read from the
         ``FILTER`` keyword). The *g* and *i* images of a field are resampled onto
         its *r* frame's pixel grid (`reproject.reproject_interp`), as SkyServer
-        aligns the bands of its colour images.
+        aligns the bands of its colour images. A simulated field larger than the
+        real one sees it repeated (wrapped around).
 
     Attributes
     ----------
     fields : list of dict
         Per real field: ``{band: float32 image}`` in nanomaggies per pixel, all
-        on the *r* frame's grid.
+        on the *r* frame's grid, cut to the rectangle the three bands cover
+        (a few rows fewer than a frame: the bands are offset along the scan).
     names : list of str
         The fields as ``"{run:06d}-{camcol}-{field:04d}"``, in the order of ``fields``.
     digest : str
@@ -70,8 +74,8 @@ class SkyFrames:
     Raises
     ------
     ValueError
-        If a field lacks one of the *g*, *r*, *i* frames, or a frame is not
-        1489 x 2048 pixels.
+        If a field lacks one of the *g*, *r*, *i* frames, a frame is not
+        1489 x 2048 pixels, or the bands of a field overlap on less than half a frame.
     """
 
     def __init__(self, paths):
@@ -95,14 +99,24 @@ class SkyFrames:
                 msg = f"field {field}: no frame for band(s) {', '.join(missing)} (need {SKY_BANDS})"
                 raise ValueError(msg)
             r_image, r_wcs = bands["r"]
-            aligned = {}
+            aligned = {"r": r_image}
+            covered = np.ones((NROW, NCOL), dtype=bool)
+            for b in SKY_BANDS.replace("r", ""):
+                image, footprint = reproject_interp(bands[b], r_wcs, shape_out=(NROW, NCOL),
+                                                    order="bilinear")
+                aligned[b] = image
+                covered &= footprint > 0
+            # The bands of a field are offset along the scan (the g frame of 3918/3/213 by ~9
+            # rows): keep the rectangle all three cover, so that no band has blank strips.
+            rows = np.flatnonzero(covered.mean(axis=1) > 0.99)
+            cols = np.flatnonzero(covered.mean(axis=0) > 0.99)
+            if len(rows) < NROW // 2 or len(cols) < NCOL // 2:
+                msg = f"field {field}: the g, r and i frames overlap on less than half a frame"
+                raise ValueError(msg)
+            box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            inside = covered[box]
             for b in SKY_BANDS:
-                image, wcs = bands[b]
-                if b != "r":
-                    image, footprint = reproject_interp((image, wcs), r_wcs, shape_out=(NROW, NCOL),
-                                                        order="bilinear")
-                    # pixels the other band does not cover (a few columns at the ends)
-                    image = np.where(footprint > 0, image, 0.0).astype(np.float32)
+                image = np.where(inside, aligned[b][box], 0.0)
                 aligned[b] = np.ascontiguousarray(image, dtype=np.float32)
                 digest.update(aligned[b].tobytes())
             self.fields.append(aligned)
@@ -113,7 +127,8 @@ class SkyFrames:
         """Real field, offset and flips used for simulated field ``k`` of sky ``seed``."""
         rng = np.random.default_rng([int(seed), 29, int(k)])
         which = int(rng.integers(len(self.fields)))
-        dy, dx = int(rng.integers(NROW)), int(rng.integers(NCOL))
+        height, width = self.fields[which]["r"].shape
+        dy, dx = int(rng.integers(height)), int(rng.integers(width))
         flip_y, flip_x = (bool(v) for v in rng.integers(2, size=2))
         return which, dy, dx, flip_y, flip_x
 
@@ -139,10 +154,12 @@ class SkyFrames:
         """
         x0, x1, y0, y1 = region if region is not None else (0, NCOL, 0, NROW)
         which, dy, dx, flip_y, flip_x = self.placement(seed, k)
-        rows = (np.arange(y0, y1) + dy) % NROW
-        cols = (np.arange(x0, x1) + dx) % NCOL
+        sky = self.fields[which][band]
+        height, width = sky.shape
+        rows = (np.arange(y0, y1) + dy) % height
+        cols = (np.arange(x0, x1) + dx) % width
         if flip_y:
-            rows = NROW - 1 - rows
+            rows = height - 1 - rows
         if flip_x:
-            cols = NCOL - 1 - cols
-        return self.fields[which][band][np.ix_(rows, cols)]
+            cols = width - 1 - cols
+        return sky[np.ix_(rows, cols)]

@@ -78,7 +78,10 @@ class MockSky:
         Real SDSS corrected frames (*g*, *r*, *i* of one or more fields): their
         pixels are added to the noiseless galaxies of the *g*, *r* and *i* frames
         in place of the simulated sky noise, stars and faint background galaxies
-        (source injection, see `~astro_metallicity.mock.SkyFrames`). Default: none.
+        (source injection, see `~astro_metallicity.mock.SkyFrames`); no stars or
+        faint galaxies are simulated then, in any band, and the *u* and *z*
+        frames keep the simulated sky noise. With ``noise=False`` the real frames
+        are not added either. Default: none.
     **kwargs
         Passed to `~astro_metallicity.mock.simulate_galaxies`.
     """
