@@ -256,9 +256,9 @@ def _run_size(args, real, size, pretrained, replay, configs, work, digest, membe
         entry[name]["coverage_1sigma_cross_validated"] = result.calibration[
             "coverage_cross_validated"]
         entry[name]["rmse_ci95"] = _rmse_interval(result.truth, result.predictions, args)
-    if member:
-        log.info(f"size {tag}: out-of-fold RMSE real-only {entry['real_only']['rmse']:.4f}, "
-                 f"sim-pretrained {entry['sim_pretrained']['rmse']:.4f}")
+    log.info(f"size {tag}: out-of-fold RMSE real-only {entry['real_only']['rmse']:.4f}, "
+             f"sim-pretrained {entry['sim_pretrained']['rmse']:.4f}")
+    if member:  # an extra ensemble member: no baselines, comparisons or throughput figures
         return runs, entry
     entry["image_colours"] = {"rmse": runs["real_only"].metrics["baselines"]["image_colours"][
         "rmse"]}
@@ -267,8 +267,6 @@ def _run_size(args, real, size, pretrained, replay, configs, work, digest, membe
     entry["train_images"] = {
         "real_only": _images_trained(runs["real_only"], 1, 0),
         "sim_pretrained": _images_trained(runs["sim_pretrained"], args.real_repeat, n_replay)}
-    log.info(f"size {tag}: out-of-fold RMSE real-only {entry['real_only']['rmse']:.4f}, "
-             f"sim-pretrained {entry['sim_pretrained']['rmse']:.4f}")
     return runs, entry
 
 

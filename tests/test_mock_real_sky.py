@@ -117,7 +117,8 @@ def test_sky_frames_errors(donor_files, tmp_path):
         SkyFrames([])
     small = tmp_path / "frame-r-000001-1-0001.fits"
     fits.PrimaryHDU(np.zeros((10, 10), np.float32)).writeto(small)
-    with pytest.raises(ValueError, match=r"expected a 1489 x 2048 SDSS frame, got \(10, 10\)"):
+    with pytest.raises(ValueError, match=r"not an SDSS corrected frame \(HDU0 has shape \(10, 10\), "
+                                         r"expected \(1489, 2048\)\)"):
         SkyFrames([small])
 
 

@@ -17,9 +17,7 @@ offset (with wrap-around) and flipped at random, so that neighbouring cutouts
 of a simulated field share their sky as they would in SDSS.
 """
 
-import bz2
 import hashlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +31,16 @@ SKY_BANDS = "gri"
 
 
 def _read_frame(path):
-    from astropy.io import fits
-
+    """Image, WCS and band of a corrected-frame file (`~astro_metallicity.acquire` parses it)."""
+    from ..acquire._sdss import parse_frame
     from ..preprocess import header_wcs
 
-    path = Path(path)
-    data = path.read_bytes()
-    if path.suffix == ".bz2":
-        data = bz2.decompress(data)
-    with fits.open(io.BytesIO(data)) as hdul:
-        image = np.asarray(hdul[0].data, dtype=np.float32)
-        header = hdul[0].header
-        return image, header_wcs(header), header.get("FILTER", "").strip()
+    try:
+        image, header = parse_frame(Path(path).read_bytes())
+    except ValueError as exc:
+        msg = f"{path}: not an SDSS corrected frame ({exc})"
+        raise ValueError(msg) from None
+    return image, header_wcs(header), header.get("FILTER", "").strip()
 
 
 class SkyFrames:
@@ -74,8 +70,9 @@ class SkyFrames:
     Raises
     ------
     ValueError
-        If a field lacks one of the *g*, *r*, *i* frames, a frame is not
-        1489 x 2048 pixels, or the bands of a field overlap on less than half a frame.
+        If a field lacks one of the *g*, *r*, *i* frames, a file is not an SDSS
+        corrected frame (1489 x 2048 pixels, TAN WCS, ``NMGY``), or the bands of a
+        field overlap on less than half a frame.
     """
 
     def __init__(self, paths):
@@ -84,9 +81,6 @@ class SkyFrames:
         by_field = {}
         for path in paths:
             image, wcs, band = _read_frame(path)
-            if image.shape != (NROW, NCOL):
-                msg = f"{path}: expected a {NROW} x {NCOL} SDSS frame, got {image.shape}"
-                raise ValueError(msg)
             field = "-".join(Path(path).name.split("-")[2:5]).split(".")[0]
             by_field.setdefault(field, {})[band] = (image, wcs)
         if not by_field:

@@ -94,10 +94,11 @@ class MockSky:
         sdss = appearance == "sdss"
         if sky_frames is not None and not isinstance(sky_frames, SkyFrames):
             sky_frames = SkyFrames(sky_frames)
-        # real frames bring their own stars and faint galaxies
         self.sky_frames = sky_frames
-        if stars_per_field is None:
-            stars_per_field = 0 if sky_frames is not None else _app.SDSS_STARS_PER_FIELD if sdss else 40
+        if stars_per_field is None and sky_frames is not None:
+            stars_per_field = 0  # real frames bring their own stars and faint galaxies
+        elif stars_per_field is None:
+            stars_per_field = _app.SDSS_STARS_PER_FIELD if sdss else 40
         if catalog is None:
             catalog = simulate_galaxies(n_galaxies, seed, appearance=appearance, **kwargs)
         self.catalog = catalog
