@@ -28,10 +28,12 @@ __all__ = [
     "METADATA_FORMAT_VERSION",
     "OUTPUT_UNITS",
     "REQUIRED_KEYS",
+    "ENSEMBLE_ARCH",
     "build_network",
     "default_metadata",
     "dihedral_views",
     "images_to_input",
+    "network_from_metadata",
     "resolve_device",
     "validate_images",
 ]
@@ -43,6 +45,10 @@ METADATA_FORMAT_VERSION = 1
 #: Network architectures `build_network` knows. ``'tiny'`` is a 3-layer CNN
 #: for tests and quick experiments; the others are torchvision ResNets.
 ARCHITECTURES = ("tiny", "resnet18", "resnet34")
+
+#: The ``arch`` of an ensemble model: its metadata lists the members
+#: (``metadata['members']``, each with its own ``arch``), see `network_from_metadata`.
+ENSEMBLE_ARCH = "ensemble"
 
 #: The quantities a model can predict, with their units.
 OUTPUT_UNITS = {"metallicity": "dex", "log_mstar": "dex"}
@@ -109,6 +115,38 @@ def build_network(arch="resnet18", n_outputs=1, *, in_channels=3):
         return network
     msg = f"arch must be one of {ARCHITECTURES}, got {arch!r}"
     raise ValueError(msg)
+
+
+def network_from_metadata(metadata):
+    """Build the untrained network a model's metadata describes (its weights load into it).
+
+    Parameters
+    ----------
+    metadata : dict
+        Model metadata: ``arch`` and ``outputs``; for an ensemble
+        (``arch == 'ensemble'``) also ``members``, the metadata of each member.
+
+    Returns
+    -------
+    network : `torch.nn.Module`
+        A `build_network` network, or for an ensemble an
+        ``astro_metallicity._ensemble.EnsembleNetwork`` of such networks.
+
+    Raises
+    ------
+    ValueError
+        If an architecture is unknown or an ensemble lists no members.
+    """
+    if metadata["arch"] != ENSEMBLE_ARCH:
+        return build_network(metadata["arch"], n_outputs=len(metadata["outputs"]))
+    members = metadata.get("members") or []
+    if not members:
+        msg = "an ensemble model's metadata must list its members (metadata['members'])"
+        raise ValueError(msg)
+    from ._ensemble import EnsembleNetwork
+
+    networks = [build_network(m["arch"], n_outputs=len(m["outputs"])) for m in members]
+    return EnsembleNetwork(networks, members, metadata)
 
 
 def default_metadata(*, arch="resnet18", outputs=("metallicity", "log_mstar"), input_size=64,

@@ -30,6 +30,7 @@ import numpy as np
 from ._config import conf
 from ._network import (
     ARCHITECTURES,
+    ENSEMBLE_ARCH,
     METADATA_FORMAT_VERSION,
     OUTPUT_UNITS,
     REQUIRED_KEYS,
@@ -37,6 +38,7 @@ from ._network import (
     default_metadata,
     dihedral_views,
     images_to_input,
+    network_from_metadata,
     resolve_device,
     validate_images,
 )
@@ -231,7 +233,19 @@ def _check_metadata(metadata, json_path):
                f"this astro_metallicity reads version {METADATA_FORMAT_VERSION}; "
                "update astro_metallicity or re-save the model")
         raise ValueError(msg)
-    if metadata["arch"] not in ARCHITECTURES:
+    if metadata["arch"] == ENSEMBLE_ARCH:
+        members = metadata.get("members")
+        if not isinstance(members, list) or not members:
+            msg = (f"model metadata {json_path} has arch {ENSEMBLE_ARCH!r} but lists no "
+                   "members (metadata['members'])")
+            raise ValueError(msg)
+        for k, member in enumerate(members):
+            if not isinstance(member, dict) or member.get("arch") not in ARCHITECTURES:
+                msg = (f"model metadata {json_path}: ensemble member {k} names unknown arch "
+                       f"{member.get('arch') if isinstance(member, dict) else member!r}")
+                raise ValueError(msg)
+            _check_metadata(member, f"{json_path} (ensemble member {k})")
+    elif metadata["arch"] not in ARCHITECTURES:
         msg = f"model metadata {json_path} names unknown arch {metadata['arch']!r}"
         raise ValueError(msg)
     if metadata["bands"] != "gri":
@@ -313,7 +327,7 @@ def load_model(path=None, device=None):
     except Exception as exc:  # pickle errors, truncated files
         msg = f"could not read model weights {pt_path} ({exc}); re-save it with save_model"
         raise ValueError(msg) from exc
-    network = build_network(metadata["arch"], n_outputs=len(metadata["outputs"]))
+    network = network_from_metadata(metadata)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     try:
         network.load_state_dict(state)
@@ -458,8 +472,25 @@ class MetallicityModel:
         return network
 
     def __repr__(self):
-        return (f"<MetallicityModel arch={self.metadata['arch']} outputs={self.outputs} "
+        arch = self.metadata["arch"]
+        if arch == ENSEMBLE_ARCH:
+            arch = f"ensemble[{', '.join(m['arch'] for m in self.metadata['members'])}]"
+        return (f"<MetallicityModel arch={arch} outputs={self.outputs} "
                 f"input_size={self.input_size} device={self.device} path={self.path}>")
+
+    @property
+    def members(self):
+        """The networks whose predictions this model combines (list of `MetallicityModel`).
+
+        For an ensemble (``metadata['arch'] == 'ensemble'``, made with
+        `astro_metallicity.train.ensemble_models`), one model per member, sharing
+        its weights, with the member's own metadata (its error scale is the one
+        it had before it joined); for a single network, ``[self]``.
+        """
+        if self.metadata["arch"] != ENSEMBLE_ARCH:
+            return [self]
+        return [MetallicityModel(network, copy.deepcopy(meta), device=self.device)
+                for network, meta in zip(self.network.members, self.metadata["members"])]
 
     @property
     def outputs(self):

@@ -205,7 +205,9 @@ def _fresh_sky_check(model, args, work, figures):
 OOD_QUANTILE = 0.98
 
 
-def ood_reference(model, real_images, sim_images, *, quantile=OOD_QUANTILE, seed=0):
+def ood_reference(model, real_images, sim_images, *, quantile=OOD_QUANTILE, seed=0,
+                  real_note="the 400 real SDSS DR14 ImgCutout JPEGs (the network's weights "
+                            "saw 320 of them in fine-tuning)"):
     """Out-of-distribution reference statistics and metadata for a trained model.
 
     Parameters
@@ -219,6 +221,8 @@ def ood_reference(model, real_images, sim_images, *, quantile=OOD_QUANTILE, seed
         Fraction of the real galaxies' out-of-fold scores below the threshold.
     seed : int
         Seed of the folds.
+    real_note : str
+        What the real group's images are, for the metadata.
 
     Returns
     -------
@@ -258,9 +262,7 @@ def ood_reference(model, real_images, sim_images, *, quantile=OOD_QUANTILE, seed
         "threshold_rule": f"{quantile:g} quantile of the real JPEGs' 5-fold out-of-fold scores",
         "image_features": list(ood.IMAGE_FEATURES),
         "groups": {
-            "real_jpeg": {"n": len(real_images),
-                          "images": "the 400 real SDSS DR14 ImgCutout JPEGs (the network's "
-                                    "weights saw 320 of them in fine-tuning)"},
+            "real_jpeg": {"n": len(real_images), "images": real_note},
             "sim_jpeg": {"n": len(sim_images),
                          "images": "simulated training cutouts, mock ImgCutout route"},
         },

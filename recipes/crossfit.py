@@ -78,9 +78,12 @@ from astro_metallicity.model import load_model, save_model
 from astro_metallicity.train import (
     TrainingConfig,
     build_dataset,
+    calibrate_error_scale,
     calibrate_out_of_fold,
     cross_fit,
     dataset_from_images,
+    ensemble_models,
+    evaluate,
     query_training_catalog,
     read_dataset,
     train_model,
@@ -88,7 +91,8 @@ from astro_metallicity.train import (
 )
 
 # Private helpers the recipe shares with the package: metrics of plain predictions,
-# the figure style of evaluate, the store fingerprint.
+# the baselines, the figure style of evaluate, the store fingerprint.
+from astro_metallicity.train._baselines import fit_baselines
 from astro_metallicity.train._metrics import regression_report, rmse_difference
 from astro_metallicity.train.dataset import _catalog_fingerprint
 from astro_metallicity.train.evaluation import _figure, _plot_pred_vs_true
@@ -112,7 +116,7 @@ MEMBER_SEED_STEP = 1000
 #: What --smoke changes (anything given explicitly on the command line still wins).
 SMOKE = {"arch": "tiny", "input_size": 32, "epochs": 2, "finetune_epochs": 1,
          "pretrain_epochs": 1, "n_folds": 2, "n_sim": 300, "min_sim": 100, "replay": 64,
-         "n_boot": 200, "batch_size": 32}
+         "n_boot": 200, "batch_size": 32, "n_fresh": 150, "ood_sim": 60}
 
 
 def _network_digest(model):
@@ -475,6 +479,15 @@ def run_crossfit_recipe(args):
                                  half=True))
             for k, m in enumerate(result.models)]
 
+    if args.bundle:
+        if headline_size is not None:
+            msg = "--bundle needs the full cross-fit: include 400 in --sizes"
+            raise ValueError(msg)
+        t0 = time.perf_counter()
+        _bundle(args, real, truth, sim, pretrained, replay, configs, work, digest, headline,
+                report, members=members if args.members > 1 else None)
+        timings["bundle"] = time.perf_counter() - t0
+
     figures = [_plot_curve(curve, report["pretrained_only"]["rmse"],
                            out / "crossfit_rmse_vs_n.png", args.n_folds)]
     for name, result in headline.items():
@@ -489,6 +502,191 @@ def run_crossfit_recipe(args):
     write_report(report, out / "crossfit_report.json")
     log.info(f"Cross-fit report written to {out / 'crossfit_report.json'}")
     return report
+
+
+# --------------------------------------------------------------------------- the bundled model
+
+#: File name (without suffix) of the bundled model, as the package looks for it.
+BUNDLED_NAME = "metallicity_resnet18"
+#: The bundle's members, one network of each kind; the last one's embedding scores OOD
+#: (`astro_metallicity.ood`): the sim-pretrained network has seen both skies.
+BUNDLE_MEMBERS = ("real_only", "sim_pretrained")
+#: Seed of the fresh simulated sky of the final simulated check (never used in training).
+FRESH_SKY_SEED = 2027
+#: Simulated validation cutouts (not replayed) that calibrate the log M* error.
+MASS_CALIBRATION_SIZE = 2000
+
+
+def _final_networks(args, real, truth, pretrained, replay, configs, work, digest):
+    """Each kind of network trained once more on all the real galaxies (inner split for early
+    stopping as in the folds, network seed ``seed + n_folds``): the members of the bundle."""
+    from astro_metallicity.train.crossfit import _inner_split
+    from astro_metallicity.train.dataset import _concat_cutouts
+
+    fit_idx, val_idx = _inner_split(np.arange(len(real)), truth, args.val_fraction,
+                                    seed=args.seed + 1000 + args.n_folds)
+    fit, val = real.subset(fit_idx), real.subset(val_idx) if len(val_idx) else None
+    real_only_config, finetune_config = (
+        dataclasses.replace(c, seed=c.seed + args.n_folds) for c in configs)
+    folder = (lambda name: work / name / "bundle") if args.checkpoints else (lambda name: None)
+    real_only = train_model(
+        fit, val, real_only_config,
+        checkpoint_dir=folder(f"real_only_{args.arch}_{args.input_size}px_e{args.epochs}"
+                              f"_lr{args.lr:g}_p{args.patience}_b{args.batch_size}"),
+        metadata={"provenance": {"stage": f"trained from scratch on {len(fit)} of the {len(real)} "
+                                          "real SDSS ImgCutout JPEGs"}})
+    parts = [fit] * args.real_repeat + ([replay] if replay is not None else [])
+    sim_pretrained = train_model(
+        _concat_cutouts(parts), val, finetune_config, init_from=pretrained,
+        checkpoint_dir=folder(f"sim_pretrained_{digest}_bundle_x{args.real_repeat}"
+                              f"_r{0 if replay is None else len(replay)}"),
+        metadata={"provenance": {"stage": f"pretrained on the simulated survey, fine-tuned on "
+                                          f"{len(fit)} of the {len(real)} real SDSS ImgCutout "
+                                          "JPEGs"}})
+    split = {"n_train": len(fit_idx), "n_early_stopping": len(val_idx),
+             "early_stopping_objids": [int(i) for i in
+                                       np.asarray(real.catalog["objID"])[val_idx]]}
+    return {"real_only": real_only.model, "sim_pretrained": sim_pretrained.model}, split
+
+
+def _out_of_fold_ensemble(args, real, truth, headline):
+    """The bundled recipe scored out of fold: each fold's networks combined as the bundle is."""
+    folds = headline["real_only"].folds
+    pred, raw = np.full(len(real), np.nan), np.full(len(real), np.nan)
+    for k in range(args.n_folds):
+        held = np.flatnonzero(folds == k)
+        ensemble = ensemble_models([headline[name].models[k] for name in BUNDLE_MEMBERS],
+                                   names=list(BUNDLE_MEMBERS), device=args.device)
+        out = ensemble.predict(real.images[held], tta=not args.no_tta)
+        pred[held], raw[held] = out["metallicity"], out["metallicity_err"]
+    return pred, raw, folds
+
+
+def _sim_check(args, work, sim_train, models):
+    """The bundle and its members on a fresh simulated sky, next to the MZR and gri photometry."""
+    from astropy.table import Table
+
+    from astro_metallicity.mock import MockSDSS
+
+    with MockSDSS(n_galaxies=args.n_fresh, seed=FRESH_SKY_SEED, appearance=args.appearance):
+        catalog = Table(query_training_catalog())
+        catalog.sort("objID")
+        store = work / (f"fresh_{args.appearance}_seed{FRESH_SKY_SEED}_n{args.n_fresh}_"
+                        f"{_catalog_fingerprint(catalog)[:8]}.h5")
+        build_dataset(catalog, store, source="jpeg", scale="adaptive", size=128,
+                      chunk_size=500, progress=False)
+    fresh = read_dataset(store)
+    baselines = fit_baselines(sim_train, seed=args.seed)
+    out = {"sky": f"astro_metallicity.mock.MockSDSS(n_galaxies={args.n_fresh}, "
+                  f"seed={FRESH_SKY_SEED}, appearance={args.appearance!r})",
+           "n": len(fresh), "baselines_fitted_on": f"{len(sim_train)} simulated pretraining "
+                                                   "cutouts"}
+    for name, model in models.items():
+        report = evaluate(model, fresh, baselines=baselines)
+        out[name] = {"cnn": report["cnn"], "baselines": report["baselines"]}
+    return out
+
+
+def _bundle(args, real, truth, sim, pretrained, replay, configs, work, digest, headline,
+            report, members=None):
+    """Step 7: the bundled model (see ``--bundle``); returns the path of its weights."""
+    from bundled import _ood_sim_images, ood_reference
+
+    bundle_dir = Path(args.bundle)
+    out = report["bundle"] = {"members": list(BUNDLE_MEMBERS)}
+    t0 = time.perf_counter()
+    finals, out["final_training"] = _final_networks(args, real, truth, pretrained, replay,
+                                                    configs, work, digest)
+    report["timings_s"]["bundle_training"] = time.perf_counter() - t0
+
+    # the recipe out of fold: figures of the bundle, and the scale of its errors
+    pred, raw, folds = _out_of_fold_ensemble(args, real, truth, headline)
+    calibration = calibrate_out_of_fold(truth, pred, raw, folds)
+    err = calibration["err_cross_validated"]
+    real_only = headline["real_only"]
+    out["real_400"] = {
+        "protocol": report["real_400"]["protocol"] + "; the fold's real-only and sim-pretrained "
+                    "networks combined as the bundle combines its members",
+        **regression_report(truth, pred, err),
+        "rmse_ci95": _rmse_interval(truth, pred, args),
+        "vs_real_only": rmse_difference(truth, pred, real_only.predictions,
+                                        n_boot=args.n_boot, seed=args.seed),
+        "vs_image_colours": rmse_difference(
+            truth, pred, real_only.baseline_predictions["image_colours"], n_boot=args.n_boot,
+            seed=args.seed),
+        "error_calibration": {
+            "metallicity_error_scale": calibration["scale"],
+            "fitted_on": "the out-of-fold residuals of all galaxies (68.27th percentile of "
+                         "|residual| / sigma)",
+            "coverage_cross_validated": calibration["coverage_cross_validated"],
+            "coverage_note": "each fold's errors scaled with the scale fitted on the other folds",
+            "coverage_uncalibrated": calibration["coverage_uncalibrated"]},
+    }
+    if members and len(members["real_only"]) > 1:
+        # as many networks, all real-only: does the simulation add more than another network?
+        pair = np.mean([r.predictions for r in members["real_only"][:2]], axis=0)
+        out["real_400"]["vs_real_only_pair"] = rmse_difference(
+            truth, pred, pair, n_boot=args.n_boot, seed=args.seed)
+
+    bundle = ensemble_models([finals[name] for name in BUNDLE_MEMBERS],
+                             names=list(BUNDLE_MEMBERS), device=args.device)
+    meta = bundle.metadata
+    meta["error_scale"]["metallicity"] = calibration["scale"]
+    # log M*: only the sim-pretrained member predicts it, and only the simulation has
+    # masses; calibrated on simulated validation cutouts that were never replayed
+    sim_train, sim_val = sim.split((0.9, 0.1), seed=0)
+    replayed = set() if replay is None else set(np.asarray(replay.catalog["objID"]).tolist())
+    keep = [i for i, o in enumerate(np.asarray(sim_val.catalog["objID"]).tolist())
+            if o not in replayed][:MASS_CALIBRATION_SIZE]
+    calib = sim_val.subset(np.asarray(keep))
+    if "log_mstar" in meta["outputs"]:
+        sim_raw = bundle.predict(calib.images, tta=not args.no_tta)
+        meta["error_scale"]["log_mstar"] = calibrate_error_scale(
+            calib.targets(["log_mstar"])[:, 0], sim_raw["log_mstar"], sim_raw["log_mstar_err"])
+        out["log_mstar_error_scale"] = {"value": meta["error_scale"]["log_mstar"],
+                                        "fitted_on": f"{len(calib)} simulated validation "
+                                                     "cutouts (no real masses available)"}
+    meta["ensemble"]["init_member"] = "sim_pretrained"
+    meta["cutout_source"] = "jpeg"  # every training image came through the ImgCutout route
+    if args.n_fresh > 0:
+        out["fresh_sim_sky"] = _sim_check(args, work, sim_train, {
+            "bundle": bundle, **{name: finals[name] for name in BUNDLE_MEMBERS}})
+    bundle_metrics = {k: v for k, v in out["real_400"].items() if k != "protocol"}
+    meta["provenance"] = {
+        "description": (
+            "Equal-weight ensemble of two ResNet-18: one trained from scratch on the 400 real "
+            "SDSS DR14 ImgCutout JPEGs with MPA-JHU DR7 metallicities, one pretrained on the "
+            "simulated SDSS-like survey (astro_metallicity.mock) and fine-tuned on the same "
+            "400 (each with 20 % of them held out for early stopping). Real-galaxy figures are "
+            "out of fold (5-fold cross-fitting of this recipe on the 400); accuracy on other "
+            "real galaxies is unmeasured."),
+        "command": report["command"],
+        "astro_metallicity_version": __version__,
+        "pretrained": report["pretrained"],
+        "sim_data": report["sim_data"],
+    }
+    meta["metrics"] = {"real_400_out_of_fold": bundle_metrics,
+                       "pretrained_only_real_400": report["pretrained_only"]}
+    if "fresh_sim_sky" in out:
+        meta["metrics"]["fresh_sim_sky"] = out["fresh_sim_sky"]["bundle"]
+    reference, meta["ood"] = ood_reference(
+        bundle, real.images, _ood_sim_images(args, sim_train.images), seed=args.seed,
+        real_note=f"the {len(real)} real SDSS DR14 ImgCutout JPEGs (both members trained on "
+                  f"{out['final_training']['n_train']} of them)")
+    out["ood"] = meta["ood"]
+    pt = save_model(bundle.network, meta, bundle_dir / BUNDLED_NAME, half=True,
+                    ood_reference=reference)
+    out["model_file"] = _relative(pt)
+    out["model_size_mb"] = round(pt.stat().st_size / 1e6, 2)
+    # what the saved (float16) file predicts for the 400 it was trained on: a
+    # reproduction check for the tests, not an accuracy figure
+    saved = load_model(pt, device=args.device).predict(real.images, tta=not args.no_tta)
+    out["in_sample_400"] = regression_report(truth, saved["metallicity"],
+                                             saved["metallicity_err"])
+    log.info(f"Bundled model written to {pt} ({out['model_size_mb']} MB): out-of-fold RMSE "
+             f"{out['real_400']['rmse']:.4f} dex, coverage "
+             f"{calibration['coverage_cross_validated']:.3f}")
+    return pt
 
 
 def _positive_int(text):
@@ -571,6 +769,17 @@ def _parser():
                           "(~180 MB written per epoch for a ResNet-18; off: faster on a GPU)")
     net.add_argument("--threads", type=int, default=1,
                      help="torch CPU threads (0: torch default)")
+    bun = p.add_argument_group("the bundled model (--bundle)")
+    bun.add_argument("--bundle", metavar="DIR",
+                     help="also train the bundled model (a real-only and a sim-pretrained "
+                          "network on all the real galaxies, combined, errors calibrated out "
+                          "of fold) and write it to DIR (astro_metallicity/data refreshes "
+                          "the package's)")
+    bun.add_argument("--n-fresh", type=int, default=3000,
+                     help="galaxies of the fresh simulated sky of the bundle's simulated "
+                          "check (0: none)")
+    bun.add_argument("--ood-sim", type=int, default=1000,
+                     help="simulated cutouts in the bundle's out-of-distribution reference")
     return p
 
 

@@ -16,12 +16,13 @@ The functions follow the data flow::
 labels table instead. `cross_fit` gives every galaxy of a small labelled set
 an out-of-fold prediction (k-fold cross-fitting, folds stratified by label)
 and `calibrate_out_of_fold` calibrates the predicted errors on those
-residuals. torch is imported when training runs, not on import.
+residuals; `ensemble_models` combines trained networks into one model. torch is imported when training runs, not on import.
 """
 
 from .catalog import query_training_catalog, training_catalog_sql
 from .crossfit import CrossFitResult, calibrate_out_of_fold, cross_fit, stratified_folds
 from .dataset import LabelledCutouts, build_dataset, dataset_from_images, read_dataset
+from .ensemble import ensemble_models
 from .evaluation import calibrate_error_scale, evaluate, write_report
 from .training import TrainingConfig, TrainingResult, train_model
 
@@ -35,6 +36,7 @@ __all__ = [
     "calibrate_out_of_fold",
     "cross_fit",
     "dataset_from_images",
+    "ensemble_models",
     "evaluate",
     "query_training_catalog",
     "read_dataset",

@@ -32,6 +32,7 @@ import numpy as np
 
 from .._network import (
     ARCHITECTURES,
+    ENSEMBLE_ARCH,
     OUTPUT_UNITS,
     build_network,
     default_metadata,
@@ -390,6 +391,8 @@ def _pretrained(init_from, config):
     """The starting model of a fine-tuning, after checking it against ``config``."""
     base = init_from if isinstance(init_from, MetallicityModel) else load_model(
         init_from, device="cpu")
+    if base.metadata["arch"] == ENSEMBLE_ARCH:
+        base = _member_to_fine_tune(base)
     have = {"arch": base.metadata["arch"], "input_size": int(base.metadata["input_size"]),
             "outputs": tuple(base.metadata["outputs"])}
     conflicts = {key: getattr(config, key) for key in _NETWORK_KEYS
@@ -402,6 +405,20 @@ def _pretrained(init_from, config):
                "or train a new network without init_from")
         raise ValueError(msg)
     return base
+
+
+def _member_to_fine_tune(ensemble):
+    """The member of an ensemble that fine-tuning starts from (``ensemble['init_member']``)."""
+    info = ensemble.metadata.get("ensemble", {})
+    names = list(info.get("members", []))
+    name = info.get("init_member")
+    if name not in names:
+        msg = ("init_from is an ensemble that names no member to fine-tune "
+               "(metadata['ensemble']['init_member']); pass one of its members "
+               "(MetallicityModel.members) instead")
+        raise ValueError(msg)
+    log.info(f"init_from is an ensemble: fine-tuning its member {name!r}")
+    return ensemble.members[names.index(name)]
 
 
 def _starting_network(train, config, init_from):

@@ -314,7 +314,8 @@ def test_crossfit_recipe_smoke(labelled_set, tmp_path):
     out = tmp_path / "out"
     assert recipe.main(["--output", str(out), "--smoke", "--real-data", str(real),
                         "--device", "cpu", "--n-sim", "150", "--min-sim", "50",
-                        "--sizes", "40,400", "--n-boot", "50", "--members", "2"]) == 0
+                        "--sizes", "40,400", "--n-boot", "50", "--members", "2",
+                        "--bundle", str(out / "model"), "--n-fresh", "120"]) == 0
     report = json.loads((out / "crossfit_report.json").read_text())
     assert report["smoke"] and report["real_data"]["n"] == 160
     headline = report["real_400"]
@@ -348,3 +349,30 @@ def test_crossfit_recipe_smoke(labelled_set, tmp_path):
     assert np.abs(second - np.asarray(table["real_only"])).max() > 1e-4
     assert ens["mixed_vs_real_only"]["n"] == 160
     assert 0 < ens["mixed"]["coverage_1sigma_cross_validated"] < 1
+
+    # --bundle: the recipe's model, scored out of fold as its fold networks combined
+    from astro_metallicity.model import load_model
+
+    bundle = report["bundle"]
+    assert bundle["members"] == ["real_only", "sim_pretrained"]
+    assert bundle["final_training"]["n_train"] + bundle["final_training"]["n_early_stopping"] \
+        == 160
+    # the same two networks per fold as the mixed ensemble, averaged the same way
+    assert bundle["real_400"]["rmse"] == pytest.approx(ens["mixed"]["rmse"], rel=1e-5)
+    assert bundle["real_400"]["vs_real_only_pair"]["n"] == 160
+    model = load_model(out / "model" / "metallicity_resnet18.pt", device="cpu")
+    assert model.metadata["arch"] == "ensemble"
+    assert [m.metadata["ensemble_member"] for m in model.members] == bundle["members"]
+    assert model.metadata["ensemble"]["init_member"] == "sim_pretrained"
+    assert model.metadata["error_scale"]["metallicity"] == pytest.approx(
+        bundle["real_400"]["error_calibration"]["metallicity_error_scale"])
+    assert model.ood_reference is not None and model.metadata["cutout_source"] == "jpeg"
+    # the saved file reproduces the recorded in-sample figures on the 160 it was trained on
+    images = np.stack([np.asarray(Image.open(real / "images" / f"{o}.jpg"))
+                       for o in labelled_set.catalog["objID"]])
+    pred = model.predict(images)["metallicity"]
+    assert np.sqrt(np.mean((pred - truth) ** 2)) == pytest.approx(
+        bundle["in_sample_400"]["rmse"], abs=1e-4)
+    sim_check = bundle["fresh_sim_sky"]
+    assert {"bundle", "real_only", "sim_pretrained"} <= set(sim_check)
+    assert {"mzr", "gri_photometry"} <= set(sim_check["bundle"]["baselines"])
