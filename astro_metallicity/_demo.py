@@ -11,11 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEMO_GALAXIES", "DEMO_SEED", "DEMO_TARGETS", "MONTAGE_MAX", "OUTPUT_FORMATS",
+__all__ = ["DEMO_APPEARANCE", "DEMO_GALAXIES", "DEMO_SEED", "DEMO_TARGETS", "MONTAGE_MAX",
+           "OUTPUT_FORMATS",
            "check_writable_dir", "demo_sample", "masked_values", "output_format", "run_demo",
            "save_montage", "write_table"]
 
 DEMO_SEED = 2026  # never used to simulate training data
+#: The simulated sky's look: that of the bundled model's pretraining sky (and the closer
+#: one to SDSS, see the realism page of the documentation).
+DEMO_APPEARANCE = "sdss"
 DEMO_GALAXIES = 500
 DEMO_TARGETS = 20
 MONTAGE_MAX = 60  # cutouts shown in a --montage (the first rows)
@@ -228,7 +232,7 @@ def demo_sample(catalog, n, seed=DEMO_SEED):
 
 
 def run_demo(*, galaxies=DEMO_GALAXIES, seed=DEMO_SEED, n_targets=DEMO_TARGETS, output_dir=".",
-             source=None, scale=None, model=None, device=None):
+             source=None, scale=None, model=None, device=None, appearance=DEMO_APPEARANCE):
     """Run the offline demo: predict for a sample of the simulated sky and compare with the truth.
 
     Starts `~astro_metallicity.mock.MockSDSS` on 127.0.0.1 with a private
@@ -247,6 +251,8 @@ def run_demo(*, galaxies=DEMO_GALAXIES, seed=DEMO_SEED, n_targets=DEMO_TARGETS, 
         Where to write the table and the montage; created if needed.
     source, scale, model, device
         As for `~astro_metallicity.predict_metallicity`.
+    appearance : {'sdss', 'classic'}
+        Look of the simulated galaxies (`~astro_metallicity.mock.MockSky`).
 
     Returns
     -------
@@ -271,10 +277,11 @@ def run_demo(*, galaxies=DEMO_GALAXIES, seed=DEMO_SEED, n_targets=DEMO_TARGETS, 
         msg = f"cannot create the output directory {out_dir} ({exc.strerror or exc})"
         raise ValueError(msg) from None
     check_writable_dir(out_dir)  # before the demo's work, not after it
-    print(f"Starting the simulated SDSS ({galaxies} galaxies, seed {seed}) on 127.0.0.1 ...")
+    print(f"Starting the simulated SDSS ({galaxies} galaxies, seed {seed}, {appearance!r} "
+          "appearance) on 127.0.0.1 ...")
     with tempfile.TemporaryDirectory(prefix="astro-metallicity-demo-") as cache, \
             conf.set_temp("cache_dir", cache), \
-            MockSDSS(n_galaxies=galaxies, seed=seed) as sky:
+            MockSDSS(n_galaxies=galaxies, seed=seed, appearance=appearance) as sky:
         targets = demo_sample(sky.catalog, n_targets, seed=seed)
         model = _get_model(model, device)
         # the source the prediction will use: the model's training source, else conf's

@@ -66,7 +66,7 @@ class EnsembleNetwork(nn.Module):
         for i, meta in enumerate(member_metadata):
             mean = vector(meta["normalization"]["mean"]).view(1, 3, 1, 1)
             std = vector(meta["normalization"]["std"]).view(1, 3, 1, 1)
-            # shared input x = (p - m0) / s0  ->  member input (p - m) / s = x * s0 / s + (m0 - m) / s
+            # shared input x = (p - m0) / s0, member input (p - m) / s = x s0 / s + (m0 - m) / s
             self.register_buffer(f"input_gain{i}", shared_std / std, persistent=False)
             self.register_buffer(f"input_offset{i}", (shared_mean - mean) / std,
                                  persistent=False)

@@ -1,4 +1,12 @@
-"""The recipe that trains the model bundled with astro-metallicity.
+"""The recipe of the previous bundled model: one sim-pretrained network, a fixed 320/80 split.
+
+The model bundled now (an ensemble of a real-only and a sim-pretrained network,
+trained on all 400 real JPEGs, its figures cross-fitted) is built by
+``recipes/crossfit.py --bundle``, which reuses this script's out-of-distribution
+reference (`ood_reference`). This script stays for the record of the previous
+model (``docs/model_card_data_single_network.json``) and for ``--ood-only``,
+which recomputes the reference of the model in ``--output`` (any model,
+ensembles included) without touching its weights.
 
 A research script of the source repository, not part of the installed package.
 Run it from a checkout (with astro-metallicity installed) with::
@@ -286,8 +294,9 @@ def channel_swapped(images):
                      for k, image in enumerate(images)])
 
 
-def _ood_sim_images(args, sim_images=None):
-    """Simulated training cutouts for the OOD reference (a sample, or a small sky of the seed)."""
+def _ood_sim_images(args, sim_images=None, appearance=None):
+    """Simulated training cutouts for the OOD reference (a sample, or a small sky of the seed
+    with the training sky's ``appearance``)."""
     from astropy.coordinates import SkyCoord
 
     from astro_metallicity import fetch_cutouts
@@ -297,7 +306,7 @@ def _ood_sim_images(args, sim_images=None):
             len(sim_images), min(args.ood_sim, len(sim_images)), replace=False)
         return sim_images[np.sort(pick)]
     # the training sky's seed and distribution, fewer galaxies: the same kind of images
-    with MockSDSS(n_galaxies=int(args.ood_sim * 1.1), seed=args.sim_seed):
+    with MockSDSS(n_galaxies=int(args.ood_sim * 1.1), seed=args.sim_seed, appearance=appearance):
         catalog = query_training_catalog()
         coords = SkyCoord(np.asarray(catalog["ra"]), np.asarray(catalog["dec"]), unit="deg")
         cut = fetch_cutouts(coords, source="jpeg", scale="adaptive", size=128)
@@ -316,7 +325,14 @@ def run_ood_only(args):
     pt = Path(args.output) / f"{args.model_name}.pt"
     model = load_model(pt, device=args.device)
     real = _real_images(args)
-    reference, info = ood_reference(model, real.images, _ood_sim_images(args), seed=args.seed)
+    # the same kinds of image as the reference being replaced: the pretraining sky's look,
+    # and the description of what the networks saw of the real galaxies
+    appearance = model.metadata["provenance"].get("sim_appearance", "classic")
+    kwargs = {}
+    if "images" in model.metadata.get("ood", {}).get("groups", {}).get("real_jpeg", {}):
+        kwargs["real_note"] = model.metadata["ood"]["groups"]["real_jpeg"]["images"]
+    sim_images = _ood_sim_images(args, appearance=appearance)
+    reference, info = ood_reference(model, real.images, sim_images, seed=args.seed, **kwargs)
     meta = model.metadata
     meta["ood"] = info
     meta["cutout_source"] = "jpeg"

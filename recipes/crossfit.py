@@ -1,9 +1,16 @@
-"""Real-galaxy figures by cross-fitting: every one of the 400 real JPEGs scored out of fold.
+"""The bundled model and its real-galaxy figures, by cross-fitting the 400 real JPEGs.
 
 A research script of the source repository, not part of the installed package.
 Run it from a checkout (with astro-metallicity installed)::
 
     python recipes/crossfit.py --output DIR [--pretrained PATH | --appearance sdss]
+
+The bundled model and the model card's figures come from one command (on two CPU
+cores about two hours from nothing; every stage resumes from its checkpoints)::
+
+    python recipes/crossfit.py --output runs/bundled --work-dir runs/work --sizes 400 \
+        --members 2 --threads 2 --bundle astro_metallicity/data \
+        --report docs/model_card_data.json
 
 and, to check the whole chain in a few minutes on a CPU::
 
@@ -57,6 +64,22 @@ out-of-fold residuals can be compared galaxy by galaxy):
    the out-of-fold figures of equal-size ensembles: real-only, sim-pretrained
    and mixed (half of each), with the paired bootstrap of mixed against
    real-only: whether the simulation adds more than another real-only network.
+
+7. With ``--bundle DIR``, the bundled model: one real-only and one sim-pretrained
+   network trained as in the folds on all the real galaxies (a fifth of them,
+   stratified, for early stopping; network seeds ``seed + n_folds``), combined
+   with `astro_metallicity.train.ensemble_models` (equal weights, mixture
+   variance). Its real-galaxy figures are those of the same combination of each
+   fold's two networks, out of fold (RMSE, NMAD, bias, outliers, paired bootstrap
+   against the real-only network, against two real-only networks with
+   ``--members 2``, and against the image colours); its ``metallicity_err`` scale
+   is fitted on those out-of-fold residuals (nested coverage reported), its
+   ``log_mstar_err`` scale on simulated validation cutouts that were never
+   replayed. Then the out-of-distribution reference (as ``recipes/bundled.py``),
+   a check on a fresh simulated sky (seed 2027, ``--n-fresh`` galaxies) of the
+   bundle and each member against the mass-metallicity relation and *gri*
+   photometry fitted on the pretraining cutouts, and the weights (float16) and
+   metadata into ``DIR``.
 
 A size at least as large as a fold's training part (``400``: 4/5 of the 400,
 i.e. 320 galaxies per fold with 5 folds) is the full cross-fit.
@@ -499,8 +522,9 @@ def run_crossfit_recipe(args):
     report["oof_table"] = _relative(out / "crossfit_oof.ecsv")
     report["device"] = str(pretrained.device)
     timings["total"] = time.perf_counter() - started
-    write_report(report, out / "crossfit_report.json")
-    log.info(f"Cross-fit report written to {out / 'crossfit_report.json'}")
+    report_path = Path(args.report) if args.report else out / "crossfit_report.json"
+    write_report(report, report_path)
+    log.info(f"Cross-fit report written to {report_path}")
     return report
 
 
@@ -664,11 +688,23 @@ def _bundle(args, real, truth, sim, pretrained, replay, configs, work, digest, h
         "astro_metallicity_version": __version__,
         "pretrained": report["pretrained"],
         "sim_data": report["sim_data"],
+        "sim_appearance": args.appearance,
+        "real_data": {**report["real_data"], **out["final_training"],
+                      "sim_pretrained_finetune_set": (
+                          f"{args.real_repeat} x {out['final_training']['n_train']} real + "
+                          f"{0 if replay is None else len(replay)} simulated (replay) cutouts "
+                          "per epoch")},
+        "crossfit": report["real_400"]["protocol"],
     }
-    meta["metrics"] = {"real_400_out_of_fold": bundle_metrics,
-                       "pretrained_only_real_400": report["pretrained_only"]}
+    meta["metrics"] = {
+        "real_400_out_of_fold": bundle_metrics,
+        "real_400_out_of_fold_single_networks": {
+            name: {k: v for k, v in report["real_400"][name]["metrics"].items()
+                   if k in ("n", "rmse", "nmad", "bias", "outlier_fraction", "coverage_1sigma")}
+            for name in BUNDLE_MEMBERS},
+        "pretrained_only_real_400": report["pretrained_only"]}
     if "fresh_sim_sky" in out:
-        meta["metrics"]["fresh_sim_sky"] = out["fresh_sim_sky"]["bundle"]
+        meta["metrics"]["fresh_sim_sky"] = out["fresh_sim_sky"]
     reference, meta["ood"] = ood_reference(
         bundle, real.images, _ood_sim_images(args, sim_train.images), seed=args.seed,
         real_note=f"the {len(real)} real SDSS DR14 ImgCutout JPEGs (both members trained on "
@@ -683,6 +719,11 @@ def _bundle(args, real, truth, sim, pretrained, replay, configs, work, digest, h
     saved = load_model(pt, device=args.device).predict(real.images, tta=not args.no_tta)
     out["in_sample_400"] = regression_report(truth, saved["metallicity"],
                                              saved["metallicity_err"])
+    stopping = np.isin(np.asarray(real.catalog["objID"]),
+                       out["final_training"]["early_stopping_objids"])
+    for key, rows in (("in_sample_train", ~stopping), ("in_sample_early_stopping", stopping)):
+        out[key] = regression_report(truth[rows], saved["metallicity"][rows],
+                                     saved["metallicity_err"][rows])
     log.info(f"Bundled model written to {pt} ({out['model_size_mb']} MB): out-of-fold RMSE "
              f"{out['real_400']['rmse']:.4f} dex, coverage "
              f"{calibration['coverage_cross_validated']:.3f}")
@@ -713,6 +754,7 @@ def _parser():
     p.add_argument("--output", required=True, help="folder for the report, table and figures")
     p.add_argument("--work-dir", help="checkpoints and cutout stores, reused by reruns "
                                       "(default OUTPUT/work)")
+    p.add_argument("--report", help="the JSON report (default OUTPUT/crossfit_report.json)")
     p.add_argument("--real-data", default=str(_default_shared() / "sdss-gri-jpeg-400"),
                    help="folder with images/{objID}.jpg and labels.csv")
     p.add_argument("--smoke", action="store_true",
@@ -806,7 +848,8 @@ def main(argv=None):
                "timings_s": report["timings_s"]}
     if "ensembles" in report:
         ens = report["ensembles"]
-        summary["ensembles_rmse"] = {k: ens[k]["rmse"] for k in ("real_only", "sim_pretrained", "mixed")}
+        summary["ensembles_rmse"] = {k: ens[k]["rmse"]
+                                     for k in ("real_only", "sim_pretrained", "mixed")}
         summary["mixed_vs_real_only"] = ens["mixed_vs_real_only"]
     print(json.dumps(summary, indent=2))
     return 0
