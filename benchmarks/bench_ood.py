@@ -246,7 +246,8 @@ def real_out_of_fold(model, real, *, n_sim=500, seed=0):
     from astro_metallicity.mock import MockSDSS
     from astro_metallicity.train import query_training_catalog
 
-    with MockSDSS(n_galaxies=int(n_sim * 1.1), seed=101):  # the training sky's seed
+    # the training sky's seed and look
+    with MockSDSS(n_galaxies=int(n_sim * 1.1), seed=101, appearance=_training_appearance(model)):
         catalog = query_training_catalog()
         coords = SkyCoord(np.asarray(catalog["ra"]), np.asarray(catalog["dec"]), unit="deg")
         cut = fetch_cutouts(coords, source="jpeg", scale="adaptive", size=_SIDE)
@@ -269,6 +270,11 @@ def real_out_of_fold(model, real, *, n_sim=500, seed=0):
     return rates
 
 
+def _training_appearance(model):
+    """The look of the simulated sky the model was trained on (older models: "classic")."""
+    return model.metadata.get("provenance", {}).get("sim_appearance", "classic")
+
+
 def simulated_galaxies(model, *, n_fresh=300, n_frames=120):
     """Flagged fractions of simulated galaxies through predict_metallicity, both routes."""
     from astropy.coordinates import SkyCoord
@@ -285,7 +291,7 @@ def simulated_galaxies(model, *, n_fresh=300, n_frames=120):
         return {"ood": float(np.mean(np.char.startswith(flags[predicted].astype(str), "ood:"))),
                 "n_predicted": int(predicted.sum()), "n": len(flags)}
 
-    with MockSDSS(n_galaxies=n_fresh, seed=2027):
+    with MockSDSS(n_galaxies=n_fresh, seed=2027, appearance=_training_appearance(model)):
         catalog = query_training_catalog()
         coords = SkyCoord(np.asarray(catalog["ra"]), np.asarray(catalog["dec"]), unit="deg")
         out["fresh_sky_jpeg"] = rate(predict_metallicity(coords, source="jpeg", model=model,

@@ -40,9 +40,10 @@ def bundled():
 
 @pytest.fixture(scope="module")
 def sky():
+    """A simulated sky with the look of the bundled model's pretraining sky."""
     from astro_metallicity.mock import MockSky
 
-    return MockSky(n_galaxies=60, seed=5)
+    return MockSky(n_galaxies=60, seed=5, appearance="sdss")
 
 
 def _jpeg(sky, ra, dec, scale):
