@@ -140,8 +140,9 @@ def build_parser():
     m.add_argument("--galaxies", type=int, default=1000)
     m.add_argument("--seed", type=int, default=1)
     m.add_argument("--appearance", choices=("classic", "sdss"), default="classic",
-                   help="simulated-sky preset: classic (default; the sky the bundled model was "
-                        "trained on) or sdss (realistic SDSS-like images)")
+                   help="simulated-sky preset: classic (default; the sky the previous bundled "
+                        "model was trained on) or sdss (realistic SDSS-like images, the "
+                        "bundled model's pretraining sky)")
 
     for name in ("train", "evaluate"):
         t = sub.add_parser(name, help=f"{name} a model (astro_metallicity.train)", add_help=False)

@@ -307,8 +307,9 @@ def load_model(path=None, device=None):
     if not pt_path.is_file():
         if bundled:
             msg = (f"the bundled model {pt_path} is not installed; train it with "
-                   "`python recipes/bundled.py --output DIR` from a source checkout and "
-                   "pass path= (or set astro_metallicity.conf.model_path) to the checkpoint")
+                   "`python recipes/crossfit.py --output DIR --sizes 400 --bundle MODEL_DIR` "
+                   "from a source checkout and pass path= (or set "
+                   "astro_metallicity.conf.model_path) to the checkpoint")
         else:
             msg = f"model weights {pt_path} not found; pass path= the .pt file written by save_model"
         raise FileNotFoundError(msg)
@@ -471,6 +472,26 @@ class MetallicityModel:
         self._inference = (version, network)
         return network
 
+    def _embedding_head(self, network):
+        """The linear head whose input is the embedding that scores OOD: the network's last;
+        for an ensemble, that of the member ``metadata['ensemble']['embedding_member']``
+        (default: the last member). ``network`` is ``self.network`` or its fused copy
+        (`_inference_network`), which keeps the module names."""
+        import torch
+
+        prefix = ""
+        if self.metadata["arch"] == ENSEMBLE_ARCH:
+            names = [m.get("ensemble_member", f"member{k}")
+                     for k, m in enumerate(self.metadata["members"])]
+            name = self.metadata.get("ensemble", {}).get("embedding_member", names[-1])
+            if name not in names:
+                msg = f"the ensemble's embedding_member {name!r} is not one of its members {names}"
+                raise ValueError(msg)
+            prefix = f"members.{names.index(name)}."
+        heads = [module for qualified, module in network.named_modules()
+                 if isinstance(module, torch.nn.Linear) and qualified.startswith(prefix)]
+        return heads[-1]
+
     def __repr__(self):
         arch = self.metadata["arch"]
         if arch == ENSEMBLE_ARCH:
@@ -484,8 +505,10 @@ class MetallicityModel:
 
         For an ensemble (``metadata['arch'] == 'ensemble'``, made with
         `astro_metallicity.train.ensemble_models`), one model per member, sharing
-        its weights, with the member's own metadata (its error scale is the one
-        it had before it joined); for a single network, ``[self]``.
+        its weights, with the member's own metadata: its error scale is the one
+        it had before it joined (1 for the bundled model's members), so its
+        ``metallicity_err`` is not calibrated; the ensemble's is. For a single
+        network, ``[self]``.
         """
         if self.metadata["arch"] != ENSEMBLE_ARCH:
             return [self]
@@ -572,8 +595,7 @@ class MetallicityModel:
         hook = None
         network = self._inference_network()
         if embed:
-            head = [m for m in network.modules() if isinstance(m, torch.nn.Linear)][-1]
-            hook = head.register_forward_pre_hook(
+            hook = self._embedding_head(network).register_forward_pre_hook(
                 lambda module, args: captured.append(args[0].detach().float()))
         try:
             with torch.inference_mode():

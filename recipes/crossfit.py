@@ -6,7 +6,8 @@ Run it from a checkout (with astro-metallicity installed)::
     python recipes/crossfit.py --output DIR [--pretrained PATH | --appearance sdss]
 
 The bundled model and the model card's figures come from one command (on two CPU
-cores about two hours from nothing; every stage resumes from its checkpoints)::
+cores about an hour and forty minutes from nothing; every stage resumes from its
+checkpoints)::
 
     python recipes/crossfit.py --output runs/bundled --work-dir runs/work --sizes 400 \
         --members 2 --threads 2 --bundle astro_metallicity/data \
@@ -400,7 +401,8 @@ def run_crossfit_recipe(args):
         "n": len(real), "label_mean": float(truth.mean()), "label_std": float(truth.std())}
 
     t0 = time.perf_counter()
-    need_sim = not args.pretrained or args.replay > 0
+    # the bundle also needs simulated cutouts: log M* calibration, OOD reference, baselines
+    need_sim = not args.pretrained or args.replay > 0 or bool(args.bundle)
     sim, report["sim_data"] = _sim_set(args, work) if need_sim else (None, None)
     timings["sim_dataset"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -424,6 +426,10 @@ def run_crossfit_recipe(args):
     effective = {}
     for size in args.sizes:
         effective.setdefault(None if size >= full_part else size, []).append(size)
+    if args.bundle and None not in effective:
+        msg = (f"--bundle needs the full cross-fit: include {len(real)} (or any size of at least "
+               f"{full_part}) in --sizes")
+        raise ValueError(msg)
     curve, headline = [], None
     # the full cross-fit first: it gives the headline figures
     for size in sorted(effective, key=lambda s: np.inf if s is None else s, reverse=True):
@@ -503,9 +509,6 @@ def run_crossfit_recipe(args):
             for k, m in enumerate(result.models)]
 
     if args.bundle:
-        if headline_size is not None:
-            msg = "--bundle needs the full cross-fit: include 400 in --sizes"
-            raise ValueError(msg)
         t0 = time.perf_counter()
         _bundle(args, real, truth, sim, pretrained, replay, configs, work, digest, headline,
                 report, members=members if args.members > 1 else None)
@@ -667,10 +670,13 @@ def _bundle(args, real, truth, sim, pretrained, replay, configs, work, digest, h
         sim_raw = bundle.predict(calib.images, tta=not args.no_tta)
         meta["error_scale"]["log_mstar"] = calibrate_error_scale(
             calib.targets(["log_mstar"])[:, 0], sim_raw["log_mstar"], sim_raw["log_mstar_err"])
-        out["log_mstar_error_scale"] = {"value": meta["error_scale"]["log_mstar"],
-                                        "fitted_on": f"{len(calib)} simulated validation "
-                                                     "cutouts (no real masses available)"}
+        out["log_mstar_error_scale"] = {
+            "value": meta["error_scale"]["log_mstar"],
+            "fitted_on": f"{len(calib)} simulated cutouts of the pretraining's validation split "
+                         "(its early stopping; never replayed in fine-tuning; no real masses "
+                         "available)"}
     meta["ensemble"]["init_member"] = "sim_pretrained"
+    meta["ensemble"]["embedding_member"] = "sim_pretrained"  # it saw both kinds of image
     meta["cutout_source"] = "jpeg"  # every training image came through the ImgCutout route
     if args.n_fresh > 0:
         out["fresh_sim_sky"] = _sim_check(args, work, sim_train, {

@@ -12,8 +12,8 @@ from astro_metallicity.mock import appearance as app
 from astro_metallicity.relations import tremonti_mzr
 
 # sha256 of the classic outputs, computed with the committed code (HEAD 3ac8d3b, before the
-# appearance presets existed) in a clean copy of the package. The bundled model was trained on
-# this sky: the default must stay byte-identical.
+# appearance presets existed) in a clean copy of the package. The previous bundled model was
+# trained on this sky: the default must stay byte-identical.
 CLASSIC_CATALOG_SHA256 = "d52fa5123f7cc9536e4685065921fbf85a2f746d16e00f400bd488b2f0a0fc6f"
 CLASSIC_JPEG_SHA256 = "b7fb737e3a53c3fd9b14c7347001c36ebcf61a78fb35c8ca8cdb258c87ce0243"
 CLASSIC_CUTOUT_SHA256 = "300cbdbf14caf1e24ef2fb522916fc68f09af6ab8d4bf9e24835433db43748e2"

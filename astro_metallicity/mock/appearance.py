@@ -1,7 +1,8 @@
 """Appearance presets of the simulated sky: ``"classic"`` (default) and ``"sdss"``.
 
-``appearance="classic"`` is the simulation the bundled model was trained on:
-its catalogue, frames and JPEGs are unchanged, byte for byte.
+``appearance="classic"`` is the simulation the previous bundled model was
+trained on: its catalogue, frames and JPEGs are unchanged, byte for byte (the
+bundled model's sim-pretrained network was pretrained on ``"sdss"``).
 
 ``appearance="sdss"`` makes the ImgCutout JPEGs look like real SDSS ones. Each
 ingredient below was added because the realism benchmark

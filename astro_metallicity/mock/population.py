@@ -236,8 +236,8 @@ def simulate_galaxies(n, seed=0, *, galaxies_per_field=100, seeing=1.4, metallic
         Gaussian error (dex) of the catalogue mass ``lgm_tot_p50`` about the true
         mass ``logm_true`` (MPA-JHU-like; 0 for the true mass).
     appearance : {"classic", "sdss"}, optional
-        ``"classic"`` (default): the population the bundled model was trained on,
-        unchanged. ``"sdss"``: the realistic preset of
+        ``"classic"`` (default): the population the previous bundled model was
+        trained on, unchanged. ``"sdss"``: the realistic preset of
         ``astro_metallicity.mock.appearance`` (thin disks, red bulges and bluer
         disks, lopsided disks with odd-numbered arms, star-forming clumps, dust
         lanes, catalogue positions offset from the light centre, irregular and

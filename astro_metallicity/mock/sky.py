@@ -68,8 +68,8 @@ class MockSky:
     noise : bool, optional
         Add sky, Poisson and read noise (default True).
     appearance : {"classic", "sdss"}, optional
-        ``"classic"``: today's simulation, unchanged (the bundled model was
-        trained on it). ``"sdss"``: the realistic preset of
+        ``"classic"``: the original simulation, unchanged (the previous bundled
+        model was trained on it; the bundled model's pretraining sky is ``"sdss"``). ``"sdss"``: the realistic preset of
         ``astro_metallicity.mock.appearance`` (galaxy structure in the catalogue,
         more stars, faint background galaxies, SkyServer-like JPEG sky and
         double compression). Default: the catalogue's (``catalog.meta``), else

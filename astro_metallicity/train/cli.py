@@ -22,7 +22,8 @@ Evaluate a model on a store, with baselines fitted on another::
         --figures figs/ --report report.json
 
 The recipe of the bundled model is not part of the installed package: it is
-``recipes/bundled.py`` in a source checkout (``python recipes/bundled.py --output DIR``).
+``recipes/crossfit.py`` in a source checkout
+(``python recipes/crossfit.py --output DIR --sizes 400 --bundle MODEL_DIR``).
 """
 
 import argparse
@@ -33,7 +34,8 @@ from pathlib import Path
 __all__ = ["evaluate", "main", "train"]
 
 _RECIPE_MOVED = ("the bundled-model recipe is no longer part of the package: from a source "
-                 "checkout run `python recipes/bundled.py --output DIR` (see its --help)")
+                 "checkout run `python recipes/crossfit.py --output DIR --sizes 400 "
+                 "--bundle MODEL_DIR` (see its --help)")
 
 
 def _train_parser(parser=None):

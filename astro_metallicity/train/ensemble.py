@@ -45,7 +45,10 @@ def ensemble_models(models, *, names=None, device=None):
     model : `~astro_metallicity.MetallicityModel`
         Its ``metadata['members']`` holds each member's metadata (without its
         out-of-distribution statistics, which belong to the member's weights
-        alone); ``metadata['ensemble']`` says how they are combined.
+        alone); ``metadata['ensemble']`` says how they are combined. Set
+        ``metadata['ensemble']['embedding_member']`` to the name of the member
+        whose embedding scores out-of-distribution inputs (default: the last),
+        and ``['init_member']`` to the one that fine-tuning starts from.
 
     Raises
     ------
@@ -94,9 +97,10 @@ def ensemble_models(models, *, names=None, device=None):
         cutout_size=first["cutout_size"], pixel_scale=first["pixel_scale"],
         label_mean=label_mean, label_std=label_std, normalization=first["normalization"],
         stretch=first["stretch"])
-    for key in ("cutout_source",):
-        if all(m.metadata.get(key) == first.get(key) for m in models) and key in first:
-            metadata[key] = first[key]
+    # the cutout route the members were trained on, where they agree (predictions default to it)
+    if "cutout_source" in first and all(
+            m.metadata.get("cutout_source") == first["cutout_source"] for m in models):
+        metadata["cutout_source"] = first["cutout_source"]
     metadata["members"] = members
     metadata["ensemble"] = {
         "members": names,

@@ -125,14 +125,33 @@ def test_fine_tuning_an_ensemble_starts_from_its_named_member(members, tmp_path)
     assert result.model.metadata["label_mean"]["metallicity"] == pytest.approx(8.8)
 
 
+def test_the_embedding_is_the_named_members(members, images):
+    """The OOD score reads one member's embedding: the last by default, or the one named."""
+    ensemble = ensemble_models(members, names=["first", "second"])
+    for name, member in (("second", members[1]), ("first", members[0])):
+        if name == "first":
+            ensemble.metadata["ensemble"]["embedding_member"] = "first"
+        _, embedding = ensemble._run(images, embed=True)
+        _, expected = member._run(images, embed=True)
+        np.testing.assert_allclose(embedding, expected, rtol=1e-4, atol=1e-5)
+    ensemble.metadata["ensemble"]["embedding_member"] = "third"
+    with pytest.raises(ValueError, match="embedding_member 'third' is not one of its members"):
+        ensemble._run(images, embed=True)
+
+
 def test_predict_metallicity_runs_an_ensemble(members, mock_sdss, tmp_path):
     from astropy import units as u
     from astropy.coordinates import SkyCoord
 
     ensemble = ensemble_models(members)
+    ensemble.metadata["error_scale"]["metallicity"] = 0.8
     path = save_model(ensemble.network, ensemble.metadata, tmp_path / "ens", half=True)
     targets = SkyCoord(mock_sdss.catalog["ra"][:3], mock_sdss.catalog["dec"][:3])
-    result = predict_metallicity(targets, model=path, source="jpeg")
+    result, cutouts = predict_metallicity(targets, model=path, source="jpeg",
+                                          return_cutouts=True)
     assert result["metallicity"].unit == u.dex
-    assert np.isfinite(result["metallicity"].value).all()
-    assert np.all(result["metallicity_err"].value > 0)
+    # the pipeline's numbers are the (float16-stored) ensemble's on the same cutouts
+    direct = ensemble.predict(cutouts.images)
+    np.testing.assert_allclose(result["metallicity"].value, direct["metallicity"], atol=2e-3)
+    np.testing.assert_allclose(result["metallicity_err"].value, direct["metallicity_err"],
+                               rtol=2e-2)

@@ -56,7 +56,8 @@ def test_cli_usage_errors(tmp_path):
     with pytest.raises(SystemExit, match="--output PATH is required"):
         train_cli.train(["--data", "x.h5"])
     for argv in (["--recipe", "bundled"], ["--recipe=bundled", "--device", "cpu"]):
-        with pytest.raises(SystemExit, match=r"run `python recipes/bundled.py --output DIR`"):
+        with pytest.raises(SystemExit, match=r"run `python recipes/crossfit.py --output DIR "
+                                             r"--sizes 400 --bundle MODEL_DIR`"):
             train_cli.train(argv)
     with pytest.raises(SystemExit, match="astro-metallicity train: arch must be one of"):
         train_cli.train(["--data", "x.h5", "--output", str(tmp_path / "m"), "--arch", "vgg"])
