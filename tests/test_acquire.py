@@ -583,3 +583,20 @@ def test_sky_order_puts_neighbours_together():
     assert list(order) == [1, 5, 3, 2, 4, 0, 6]
     assert sorted(order) == list(range(7))
     assert _fields.sky_order(SkyCoord([], [], unit="deg")).size == 0
+
+
+def test_astroquery_writes_no_disk_cache(sdss, tmp_path, monkeypatch):
+    """The cross-id's own look-ups (astroquery fetches the column lists by itself) leave no
+    astroquery pickle behind: Dask workers on one machine shared those files, and one worker
+    reading a pickle another was writing failed the row with an EOFError."""
+    from astroquery.sdss import field_names
+
+    monkeypatch.setattr(_sdss._SDSS, "_cache_location", tmp_path)
+    # astroquery keeps the column lists in memory too: forget them so they are fetched again
+    monkeypatch.setattr(field_names, "_cached_table_fields", {})
+    c = sdss.catalog[:3]
+    r90, flags = _sdss.lookup_petro_r90(SkyCoord(c["ra"], c["dec"]))
+    assert list(flags) == ["", "", ""]
+    np.testing.assert_allclose(r90.to_value(u.arcsec), c["petroR90_r"].to_value(u.arcsec),
+                               rtol=1e-4)
+    assert list(tmp_path.rglob("*.pickle")) == []

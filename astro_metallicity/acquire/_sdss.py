@@ -61,8 +61,16 @@ class _DeadlineSDSS(SDSSClass):
 
     A separate instance, so that astroquery's shared ``SDSS`` object is left as
     it is. Its session (`._http.DeadlineSession`) keeps the User-Agent and the
-    response hook astroquery set.
+    response hook astroquery set. It never uses astroquery's disk cache: our
+    own calls pass ``cache=False`` (`._http` keeps the validated cache), and the
+    column lists astroquery looks up by itself would otherwise be written as
+    pickles that processes on one machine (Dask workers) read while another
+    writes them, an ``EOFError`` for the reader.
     """
+
+    def _request(self, *args, **kwargs):
+        kwargs["cache"] = False
+        return super()._request(*args, **kwargs)
 
     def __init__(self):
         super().__init__()
