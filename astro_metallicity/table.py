@@ -124,6 +124,9 @@ def _result_meta(*, model=None, source=None, scale=None, data_release=None, extr
             "sha256": _file_sha256(model.path) if model.path is not None and model.path.is_file()
             else "",
             "arch": md.get("arch", ""),
+            # an ensemble's networks, by name and architecture
+            "members": [f"{m.get('ensemble_member', k)}: {m.get('arch', '')}"
+                        for k, m in enumerate(md.get("members", []))],
             "outputs": list(md.get("outputs", [])),
             "cutout_size": int(md.get("cutout_size", 0)),
             "input_size": int(md.get("input_size", 0)),

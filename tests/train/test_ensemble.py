@@ -150,6 +150,8 @@ def test_predict_metallicity_runs_an_ensemble(members, mock_sdss, tmp_path):
     result, cutouts = predict_metallicity(targets, model=path, source="jpeg",
                                           return_cutouts=True)
     assert result["metallicity"].unit == u.dex
+    meta = result.meta["astro_metallicity"]["model"]
+    assert meta["arch"] == "ensemble" and meta["members"] == ["member0: tiny", "member1: tiny"]
     # the pipeline's numbers are the (float16-stored) ensemble's on the same cutouts
     direct = ensemble.predict(cutouts.images)
     np.testing.assert_allclose(result["metallicity"].value, direct["metallicity"], atol=2e-3)
