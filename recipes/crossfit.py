@@ -308,7 +308,9 @@ def _ensembles(args, truth, members):
     half, rounded up, of the sim-pretrained ones). Whether the simulation earns
     its place is the paired bootstrap of the mixed against the real-only
     ensemble: the same number of networks, with or without the simulation.
-    Their errors are the members' mean raw error, calibrated out of fold.
+    Their errors combine the members' as the bundle does (a mixture: the mean of
+    their raw variances plus the variance of their predictions), calibrated out
+    of fold.
     """
     k = args.members
     labelled = {name: [(f"{name} member {m}", r) for m, r in enumerate(runs)]
@@ -320,7 +322,8 @@ def _ensembles(args, truth, members):
     predictions = {}
     for name, runs in combos.items():
         pred = np.mean([r.predictions for _, r in runs], axis=0)
-        raw = np.mean([r.raw_errors for _, r in runs], axis=0)
+        raw = np.sqrt(np.mean([r.raw_errors ** 2 for _, r in runs], axis=0)
+                      + np.var([r.predictions for _, r in runs], axis=0))
         calibration = calibrate_out_of_fold(truth, pred, raw, folds)
         predictions[name] = (pred, calibration["err_cross_validated"])
         out[name] = {**regression_report(truth, pred, calibration["err_cross_validated"]),
