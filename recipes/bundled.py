@@ -194,18 +194,29 @@ def _sim_dataset(args, work):
     return store, len(catalog), seconds
 
 
-def _fresh_sky_check(model, args, work, figures):
-    """Final check on a fresh simulated sky with a seed never used in training."""
+def fresh_sky_cutouts(n_galaxies, work, *, appearance=None, chunk_size=500):
+    """Cutouts of a fresh simulated sky (seed ``FRESH_SKY_SEED``, never used in training).
+
+    The training catalogue's cuts and the ImgCutout route, as for the training
+    cutouts; the store goes to ``work`` (named by the sky and its catalogue, so
+    a rerun reuses it).
+    """
     from astropy.table import Table
 
-    with MockSDSS(n_galaxies=args.n_fresh, seed=FRESH_SKY_SEED):
+    with MockSDSS(n_galaxies=n_galaxies, seed=FRESH_SKY_SEED, appearance=appearance):
         catalog = Table(query_training_catalog())
         catalog.sort("objID")
-        store = work / (f"fresh_seed{FRESH_SKY_SEED}_n{args.n_fresh}_"
+        look = "" if appearance is None else f"{appearance}_"
+        store = work / (f"fresh_{look}seed{FRESH_SKY_SEED}_n{n_galaxies}_"
                         f"{_catalog_fingerprint(catalog)[:8]}.h5")
         build_dataset(catalog, store, source="jpeg", scale="adaptive", size=128,
-                      chunk_size=args.chunk_size, progress=False)
-    fresh = read_dataset(store)
+                      chunk_size=chunk_size, progress=False)
+    return read_dataset(store)
+
+
+def _fresh_sky_check(model, args, work, figures):
+    """Final check on a fresh simulated sky with a seed never used in training."""
+    fresh = fresh_sky_cutouts(args.n_fresh, work, chunk_size=args.chunk_size)
     return evaluate(model, fresh, figures_dir=figures, label="fresh_sim_sky")
 
 

@@ -541,8 +541,6 @@ BUNDLED_NAME = "metallicity_resnet18"
 #: The bundle's members, one network of each kind; the last one's embedding scores OOD
 #: (`astro_metallicity.ood`): the sim-pretrained network has seen both skies.
 BUNDLE_MEMBERS = ("real_only", "sim_pretrained")
-#: Seed of the fresh simulated sky of the final simulated check (never used in training).
-FRESH_SKY_SEED = 2027
 #: Simulated validation cutouts (not replayed) that calibrate the log M* error.
 MASS_CALIBRATION_SIZE = 2000
 
@@ -594,18 +592,9 @@ def _out_of_fold_ensemble(args, real, truth, headline):
 
 def _sim_check(args, work, sim_train, models):
     """The bundle and its members on a fresh simulated sky, next to the MZR and gri photometry."""
-    from astropy.table import Table
+    from bundled import FRESH_SKY_SEED, fresh_sky_cutouts
 
-    from astro_metallicity.mock import MockSDSS
-
-    with MockSDSS(n_galaxies=args.n_fresh, seed=FRESH_SKY_SEED, appearance=args.appearance):
-        catalog = Table(query_training_catalog())
-        catalog.sort("objID")
-        store = work / (f"fresh_{args.appearance}_seed{FRESH_SKY_SEED}_n{args.n_fresh}_"
-                        f"{_catalog_fingerprint(catalog)[:8]}.h5")
-        build_dataset(catalog, store, source="jpeg", scale="adaptive", size=128,
-                      chunk_size=500, progress=False)
-    fresh = read_dataset(store)
+    fresh = fresh_sky_cutouts(args.n_fresh, work, appearance=args.appearance)
     baselines = fit_baselines(sim_train, seed=args.seed)
     out = {"sky": f"astro_metallicity.mock.MockSDSS(n_galaxies={args.n_fresh}, "
                   f"seed={FRESH_SKY_SEED}, appearance={args.appearance!r})",
