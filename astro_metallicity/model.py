@@ -262,6 +262,23 @@ def _check_metadata(metadata, json_path):
             raise ValueError(msg)
 
 
+def _member_names(metadata):
+    """Names of an ensemble's members, in order (``[]`` for a single network).
+
+    Parameters
+    ----------
+    metadata : dict
+        Model metadata; an ensemble's lists its members' metadata, each with its
+        ``ensemble_member`` name.
+
+    Returns
+    -------
+    names : list of str
+    """
+    return [m.get("ensemble_member", f"member{k}")
+            for k, m in enumerate(metadata.get("members", []))]
+
+
 def _as_model(model, device):
     """A `MetallicityModel`: the one given, or loaded from a path (None: the default model)."""
     if isinstance(model, MetallicityModel):
@@ -481,8 +498,7 @@ class MetallicityModel:
 
         prefix = ""
         if self.metadata["arch"] == ENSEMBLE_ARCH:
-            names = [m.get("ensemble_member", f"member{k}")
-                     for k, m in enumerate(self.metadata["members"])]
+            names = _member_names(self.metadata)
             name = self.metadata.get("ensemble", {}).get("embedding_member", names[-1])
             if name not in names:
                 msg = f"the ensemble's embedding_member {name!r} is not one of its members {names}"

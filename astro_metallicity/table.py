@@ -15,6 +15,7 @@ from astropy.table import MaskedColumn, QTable
 from astropy.utils.masked import Masked
 
 from . import __version__
+from .model import _member_names
 
 __all__ = ["FLAG_OK", "build_result_table"]
 
@@ -125,8 +126,8 @@ def _result_meta(*, model=None, source=None, scale=None, data_release=None, extr
             else "",
             "arch": md.get("arch", ""),
             # an ensemble's networks, by name and architecture
-            "members": [f"{m.get('ensemble_member', k)}: {m.get('arch', '')}"
-                        for k, m in enumerate(md.get("members", []))],
+            "members": [f"{name}: {m.get('arch', '')}"
+                        for name, m in zip(_member_names(md), md.get("members", []))],
             "outputs": list(md.get("outputs", [])),
             "cutout_size": int(md.get("cutout_size", 0)),
             "input_size": int(md.get("input_size", 0)),

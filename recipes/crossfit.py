@@ -197,7 +197,7 @@ def _pretrained(args, work, sim):
     if args.pretrained:
         return load_model(args.pretrained, device=args.device), {
             "from": _relative(args.pretrained)}
-    sim_train, sim_val = sim.split((0.9, 0.1), seed=0)
+    sim_train, sim_val = _pretraining_split(sim)
     config = TrainingConfig(
         outputs=("metallicity", "log_mstar"), arch=args.arch, input_size=args.input_size,
         epochs=args.pretrain_epochs, batch_size=max(args.batch_size, 64),
@@ -341,6 +341,24 @@ def _ensembles(args, truth, members):
     return out, predictions
 
 
+def _calibration_report(calibration):
+    """The report of an out-of-fold error calibration (`calibrate_out_of_fold`'s result)."""
+    return {
+        "metallicity_error_scale": calibration["scale"],
+        "fitted_on": "the out-of-fold residuals of all galaxies (68.27th percentile of "
+                     "|residual| / sigma); the coverage of the same residuals with it is "
+                     "~68 % by construction",
+        "coverage_cross_validated": calibration["coverage_cross_validated"],
+        "coverage_note": "each fold's errors scaled with the scale fitted on the other folds",
+        "coverage_uncalibrated": calibration["coverage_uncalibrated"],
+    }
+
+
+def _pretraining_split(sim):
+    """The simulated cutouts the pretraining learns from, and those it stops early on."""
+    return sim.split((0.9, 0.1), seed=0)
+
+
 def _rmse_interval(truth, pred, args):
     """95 % bootstrap interval of one RMSE (for the error bars of the figure)."""
     r2 = (pred - truth) ** 2
@@ -475,16 +493,7 @@ def run_crossfit_recipe(args):
                            "wu_boada_2018_resnet34_77k_galaxies": 0.085,
                            "training_mean_shared_readme": 0.18},
     }
-    calibration = sim_pre.calibration
-    report["real_400"]["error_calibration"] = {
-        "metallicity_error_scale": calibration["scale"],
-        "fitted_on": "the out-of-fold residuals of all galaxies (68.27th percentile of "
-                     "|residual| / sigma); the coverage of the same residuals with it is "
-                     "~68 % by construction",
-        "coverage_cross_validated": calibration["coverage_cross_validated"],
-        "coverage_note": "each fold's errors scaled with the scale fitted on the other folds",
-        "coverage_uncalibrated": calibration["coverage_uncalibrated"],
-    }
+    report["real_400"]["error_calibration"] = _calibration_report(sim_pre.calibration)
 
     table = real_only.to_table()
     table.rename_columns(
@@ -633,13 +642,7 @@ def _bundle(args, real, truth, sim, pretrained, replay, configs, work, digest, h
         "vs_image_colours": rmse_difference(
             truth, pred, real_only.baseline_predictions["image_colours"], n_boot=args.n_boot,
             seed=args.seed),
-        "error_calibration": {
-            "metallicity_error_scale": calibration["scale"],
-            "fitted_on": "the out-of-fold residuals of all galaxies (68.27th percentile of "
-                         "|residual| / sigma)",
-            "coverage_cross_validated": calibration["coverage_cross_validated"],
-            "coverage_note": "each fold's errors scaled with the scale fitted on the other folds",
-            "coverage_uncalibrated": calibration["coverage_uncalibrated"]},
+        "error_calibration": _calibration_report(calibration),
     }
     if members and len(members["real_only"]) > 1:
         # as many networks, all real-only: does the simulation add more than another network?
@@ -653,7 +656,7 @@ def _bundle(args, real, truth, sim, pretrained, replay, configs, work, digest, h
     meta["error_scale"]["metallicity"] = calibration["scale"]
     # log M*: only the sim-pretrained member predicts it, and only the simulation has
     # masses; calibrated on simulated validation cutouts that were never replayed
-    sim_train, sim_val = sim.split((0.9, 0.1), seed=0)
+    sim_train, sim_val = _pretraining_split(sim)
     replayed = set() if replay is None else set(np.asarray(replay.catalog["objID"]).tolist())
     keep = [i for i, o in enumerate(np.asarray(sim_val.catalog["objID"]).tolist())
             if o not in replayed][:MASS_CALIBRATION_SIZE]

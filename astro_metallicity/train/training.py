@@ -40,7 +40,7 @@ from .._network import (
     resolve_device,
 )
 from ..logger import log
-from ..model import MetallicityModel, load_model, save_model
+from ..model import MetallicityModel, _member_names, load_model, save_model
 from ._metrics import residual_metrics
 from .dataset import _as_cutouts
 
@@ -409,9 +409,8 @@ def _pretrained(init_from, config):
 
 def _member_to_fine_tune(ensemble):
     """The member of an ensemble that fine-tuning starts from (``ensemble['init_member']``)."""
-    info = ensemble.metadata.get("ensemble", {})
-    names = list(info.get("members", []))
-    name = info.get("init_member")
+    names = _member_names(ensemble.metadata)
+    name = ensemble.metadata.get("ensemble", {}).get("init_member")
     if name not in names:
         msg = ("init_from is an ensemble that names no member to fine-tune "
                "(metadata['ensemble']['init_member']); pass one of its members "
