@@ -198,6 +198,10 @@ def _pretrained(args, work, sim):
         return load_model(args.pretrained, device=args.device), {
             "from": _relative(args.pretrained)}
     sim_train, sim_val = _pretraining_split(sim)
+    tilt = args.pretrain_mass_tilt
+    if tilt:
+        sim_train, sim_val = (part.resample(mass_tilt_weights(part, tilt), seed=args.seed + k)
+                              for k, part in ((1, sim_train), (2, sim_val)))
     config = TrainingConfig(
         outputs=("metallicity", "log_mstar"), arch=args.arch, input_size=args.input_size,
         epochs=args.pretrain_epochs, batch_size=max(args.batch_size, 64),
@@ -207,13 +211,20 @@ def _pretrained(args, work, sim):
     folder = work / (f"pretrain_{_catalog_fingerprint(sim.catalog)[:8]}_n{len(sim)}"
                      f"{_images_tag(sim)}"
                      f"_{args.arch}_{args.input_size}px_e{args.pretrain_epochs}"
-                     f"_lr{args.pretrain_lr:g}_s{args.seed}")
+                     f"_lr{args.pretrain_lr:g}_s{args.seed}" + (f"_tilt{tilt:g}" if tilt else ""))
+    stage = f"pretrained on the simulated survey ({args.appearance})"
+    if tilt:  # resampled by mass_tilt_weights
+        stage += f", mass tilt {tilt:g}"
     result = train_model(sim_train, sim_val, config, checkpoint_dir=folder, metadata={
-        "provenance": {"stage": f"pretrained on the simulated survey ({args.appearance})"}})
+        "provenance": {"stage": stage}})
     save_model(result.model.network, result.model.metadata, folder / "pretrained_model",
                half=False)
     return result.model, {"trained_here": _relative(folder / "pretrained_model.pt"),
                           "n_train": len(sim_train), "n_val": len(sim_val),
+                          "mass_tilt": tilt,
+                          "distinct_train": len(np.unique(np.asarray(sim_train.catalog["objID"]))),
+                          "label_mean": float(sim_train.targets(["metallicity"])[:, 0].mean()),
+                          "label_std": float(sim_train.targets(["metallicity"])[:, 0].std()),
                           "best_epoch": result.best_epoch,
                           "sim_val_rmse": result.history[result.best_epoch].get(
                               "val_metallicity_rmse")}
@@ -352,6 +363,21 @@ def _calibration_report(calibration):
         "coverage_note": "each fold's errors scaled with the scale fitted on the other folds",
         "coverage_uncalibrated": calibration["coverage_uncalibrated"],
     }
+
+
+def mass_tilt_weights(cutouts, tilt):
+    """Importance weights ``10**(-tilt (log M* - 10))`` on the catalogue mass.
+
+    The simulated sky holds far fewer low-mass, metal-poor galaxies than MPA-JHU's
+    O/H sample: its ``oh_p50`` has mean 8.98 and standard deviation 0.15 (5 % below
+    8.7), against 8.90 and 0.20 (14.5 % below 8.7) for the real labels. A tilt of 0.5
+    per dex gives the resampled set 8.90 and 0.20. A likely cause, not modelled in the
+    mock: the share of galaxies whose lines are classified star-forming, which O/H needs,
+    falls with mass as composites and AGN take over (Kauffmann et al. 2003, MNRAS 346,
+    1055; Brinchmann et al. 2004).
+    """
+    log_mstar = cutouts.targets(["log_mstar"])[:, 0]
+    return 10.0 ** (-tilt * (log_mstar - 10.0))
 
 
 def _pretraining_split(sim):
@@ -777,6 +803,10 @@ def _parser():
     pre.add_argument("--pretrain-epochs", type=int, default=6)
     pre.add_argument("--pretrain-lr", type=float, default=2e-3)
     pre.add_argument("--pretrain-patience", type=int, default=3)
+    pre.add_argument("--pretrain-mass-tilt", type=float, default=0.5,
+                     help="resample the pretraining cutouts with weights "
+                          "10**(-TILT (log M* - 10)) so that their metallicities are "
+                          "distributed as MPA-JHU's (0: as simulated)")
     net = p.add_argument_group("networks and cross-fitting")
     net.add_argument("--arch", default="resnet18")
     net.add_argument("--input-size", type=int, default=64)

@@ -103,6 +103,45 @@ class LabelledCutouts:
         """
         return [self.subset(index) for index in _split_indices(len(self), fractions, seed=seed)]
 
+    def resample(self, weights, *, size=None, seed=0):
+        """Rows drawn with replacement, each with probability proportional to its weight.
+
+        Importance resampling: a training set whose distribution leans the way the
+        weights say (e.g. to lower stellar masses) without simulating new galaxies.
+        A row can appear several times; the augmentation makes the copies differ.
+
+        Parameters
+        ----------
+        weights : array-like
+            One finite weight >= 0 per row, not all zero.
+        size : int, optional
+            Number of rows to draw; default the number of rows.
+        seed : int
+            Seed of the random draw.
+
+        Returns
+        -------
+        resampled : `LabelledCutouts`
+            The drawn rows, in their original order.
+
+        Raises
+        ------
+        ValueError
+            If there is not one weight per row, a weight is negative or not finite, or
+            all are zero.
+        """
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (len(self),):
+            msg = f"weights must have one value per row ({len(self)}), got shape {weights.shape}"
+            raise ValueError(msg)
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or not weights.sum() > 0:
+            msg = "weights must be finite and >= 0, with at least one > 0"
+            raise ValueError(msg)
+        size = len(self) if size is None else int(size)
+        index = np.random.default_rng(seed).choice(len(self), size, replace=True,
+                                                   p=weights / weights.sum())
+        return self.subset(np.sort(index))
+
     def targets(self, outputs):
         """Labels as a float array ``(N, len(outputs))``, NaN where missing.
 

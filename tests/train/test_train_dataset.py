@@ -117,6 +117,32 @@ def test_labelled_cutouts_targets_and_split(tmp_path):
     np.testing.assert_array_equal(back.targets(["metallicity"]), cut.targets(["metallicity"]))
 
 
+def test_resample_follows_the_weights():
+    n = 1000
+    images = np.zeros((n, 2, 2, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(n) % 256  # each row's pixels travel with its catalogue row
+    cut = LabelledCutouts(images, _catalog(n))
+    # weight 3 on the first 100 rows, 1 on the rest: they should make 3 * 100 / 1200 = 25 %
+    weights = np.where(np.arange(n) < 100, 3.0, 1.0)
+    drawn = cut.resample(weights, size=20000, seed=1)
+    ids = np.asarray(drawn.catalog["objID"])
+    assert len(drawn) == 20000 and np.all(np.diff(ids) >= 0)
+    assert abs(np.mean(ids < 100) - 0.25) < 0.015  # binomial sd 0.003
+    np.testing.assert_array_equal(drawn.images[:, 0, 0, 0], ids % 256)
+    # zero weight: never drawn; same seed: same rows; default size: as many rows
+    weights[:500] = 0.0
+    again = cut.resample(weights, seed=4)
+    assert len(again) == n and np.asarray(again.catalog["objID"]).min() >= 500
+    np.testing.assert_array_equal(again.catalog["objID"],
+                                  cut.resample(weights, seed=4).catalog["objID"])
+    with pytest.raises(ValueError, match=r"one value per row \(1000\), got shape \(3,\)"):
+        cut.resample([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        cut.resample(np.full(n, -1.0))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        cut.resample(np.zeros(n))
+
+
 def test_dataset_from_images_and_streaming(tmp_path):
     from PIL import Image
 
