@@ -35,7 +35,9 @@ out-of-fold residuals can be compared galaxy by galaxy):
    catalogue through `query_training_catalog`, cutouts through the prediction
    pipeline's own ImgCutout route, 90/10 train/validation split; with
    ``--sky-frames``, the simulated galaxies injected into real SDSS frames,
-   `astro_metallicity.mock.SkyFrames`). Its error on
+   `astro_metallicity.mock.SkyFrames`). Both parts of the split are resampled
+   towards low masses first (``--pretrain-mass-tilt``, `mass_tilt_weights`), so
+   that their metallicities are distributed like MPA-JHU's. Its error on
    the 400 real galaxies, with no real fine-tuning, is reported
    (``pretrained_only``): it never saw a real galaxy.
 3. 5-fold cross-fitting (`astro_metallicity.train.cross_fit`, folds stratified by

@@ -295,16 +295,34 @@ def test_cross_fit_fine_tunes_a_pretrained_network_with_replay(labelled_set):
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "crossfit.py"
 
 
-@pytest.mark.slow
-def test_crossfit_recipe_smoke(labelled_set, tmp_path):
-    """recipes/crossfit.py --smoke end to end, on synthetic 'real' JPEGs and a small mock sky."""
-    from PIL import Image
-
+def _load_recipe():
     if not RECIPE.is_file():
         pytest.skip(f"{RECIPE} is not there (not a source checkout)")
     spec = importlib.util.spec_from_file_location("crossfit_recipe", RECIPE)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
+    return recipe
+
+
+def test_mass_tilt_weights_lean_to_low_masses():
+    from astro_metallicity.train import LabelledCutouts
+
+    recipe = _load_recipe()
+    catalog = Table({"objID": [1, 2, 3, 4], "oh_p50": [8.5, 8.9, 9.1, 9.0],
+                     "lgm_tot_p50": [9.0, 10.0, 11.0, 10.5]})
+    cut = LabelledCutouts(np.zeros((4, 2, 2, 3), np.uint8), catalog)
+    # 10**(-0.5 (log M* - 10)): ten times the weight at 10^9 as at 10^11
+    np.testing.assert_allclose(recipe.mass_tilt_weights(cut, 0.5),
+                               [10 ** 0.5, 1.0, 10 ** -0.5, 10 ** -0.25])
+    np.testing.assert_allclose(recipe.mass_tilt_weights(cut, 0.0), 1.0)
+
+
+@pytest.mark.slow
+def test_crossfit_recipe_smoke(labelled_set, tmp_path):
+    """recipes/crossfit.py --smoke end to end, on synthetic 'real' JPEGs and a small mock sky."""
+    from PIL import Image
+
+    recipe = _load_recipe()
     real = tmp_path / "real"
     (real / "images").mkdir(parents=True)
     for image, objid in zip(labelled_set.images, labelled_set.catalog["objID"]):
@@ -330,6 +348,10 @@ def test_crossfit_recipe_smoke(labelled_set, tmp_path):
     assert [e["n_given_per_fold"] for e in curve] == [[40, 40], [80, 80]]
     assert curve[1]["real_only"]["rmse"] == pytest.approx(headline["real_only"]["metrics"]["rmse"])
     assert report["pretrained_only"]["n"] == 160
+    # the pretraining set is resampled towards low masses (default tilt 0.5): repeats
+    pretrained = report["pretrained"]
+    assert pretrained["mass_tilt"] == 0.5
+    assert pretrained["distinct_train"] < pretrained["n_train"]
     table = Table.read(out / "crossfit_oof.ecsv")
     assert len(table) == 160 and {"real_only", "sim_pretrained", "image_colours",
                                   "pretrained_only", "fold"} <= set(table.colnames)
