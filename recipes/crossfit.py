@@ -201,6 +201,7 @@ def _pretrained(args, work, sim):
             "from": _relative(args.pretrained)}
     sim_train, sim_val = _pretraining_split(sim)
     tilt = args.pretrain_mass_tilt
+    # only the pretraining is resampled; the replay of the fine-tuning draws from the sky as is
     if tilt:
         sim_train, sim_val = (part.resample(mass_tilt_weights(part, tilt), seed=args.seed + k)
                               for k, part in ((1, sim_train), (2, sim_val)))
@@ -225,8 +226,8 @@ def _pretrained(args, work, sim):
                           "n_train": len(sim_train), "n_val": len(sim_val),
                           "mass_tilt": tilt,
                           "distinct_train": len(np.unique(np.asarray(sim_train.catalog["objID"]))),
-                          "label_mean": float(sim_train.targets(["metallicity"])[:, 0].mean()),
-                          "label_std": float(sim_train.targets(["metallicity"])[:, 0].std()),
+                          "label_mean": float(np.nanmean(sim_train.targets(["metallicity"]))),
+                          "label_std": float(np.nanstd(sim_train.targets(["metallicity"]))),
                           "best_epoch": result.best_epoch,
                           "sim_val_rmse": result.history[result.best_epoch].get(
                               "val_metallicity_rmse")}
