@@ -65,7 +65,12 @@ def test_field_lookup_sql(mock):
     assert mock.catalog["field"][3] in list(res["field"])
 
 
-def test_get_images_wcs_points_at_galaxy(mock):
+def test_get_images_wcs_points_at_galaxy(mock, tmp_path, monkeypatch):
+    import tempfile
+
+    # astroquery's get_images(cache=False) leaves each downloaded frame in the temporary
+    # directory (astropy's download_file); keep them in the test's own folder
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     cat = mock.catalog
     j = int(np.argmin(cat["modelMag_r"].value))
     coord = SkyCoord(cat["ra"][j], cat["dec"][j])
