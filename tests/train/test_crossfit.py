@@ -317,6 +317,16 @@ def test_mass_tilt_weights_lean_to_low_masses():
     np.testing.assert_allclose(recipe.mass_tilt_weights(cut, 0.0), 1.0)
 
 
+def test_recipe_refuses_a_mass_tilt_for_a_pretraining_it_skips(tmp_path, capsys):
+    recipe = _load_recipe()
+    with pytest.raises(SystemExit) as exc:
+        recipe.main(["--output", str(tmp_path), "--pretrained", "net.pt",
+                     "--pretrain-mass-tilt", "0.5"])
+    assert exc.value.code == 2
+    assert "--pretrained PATH skips that pretraining" in capsys.readouterr().err
+    assert not (tmp_path / "crossfit_report.json").exists()
+
+
 @pytest.mark.slow
 def test_crossfit_recipe_smoke(labelled_set, tmp_path):
     """recipes/crossfit.py --smoke end to end, on synthetic 'real' JPEGs and a small mock sky."""
