@@ -15,7 +15,8 @@ Real: the 400 SDSS DR14 ImgCutout JPEGs of ``../shared/data/sdss-gri-jpeg-400``
 galaxies of a `astro_metallicity.mock.MockSky` with ``--seed`` (default 7002, a
 seed not used to tune the simulation; 7001 and 7003 were used to tune the
 ``"sdss"`` appearance) and ``--appearance`` (default ``"sdss"``, the realistic
-preset; ``"classic"`` is the sky the bundled model was trained on), drawn like
+preset, which the bundled model was pretrained on; ``"classic"`` is the sky of the
+earlier bundled models), drawn like
 the real ones from a pool of 8 x ``--n-sim`` galaxies: galaxies of the
 simulated spectroscopic sample passing the paper's catalogue cuts with a valid
 ``oh_p50``, re-weighted so their ``oh_p50`` histogram follows the real labels,
@@ -497,8 +498,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=7002,
                         help="MockSky seed (default 7002, not used to tune the simulation)")
     parser.add_argument("--appearance", default="sdss", choices=("sdss", "classic"),
-                        help="appearance preset of the simulated sky (default sdss; classic is the "
-                             "sky the bundled model was trained on)")
+                        help="appearance preset of the simulated sky (default sdss, the bundled "
+                             "model's pretraining sky; classic: the earlier models')")
     parser.add_argument("--sky-frames", type=Path, nargs="+", default=None,
                         help="real SDSS frame files (g, r, i of a field) to inject the simulated "
                              "galaxies into (MockSky(sky_frames=...)); default: the simulated sky")
