@@ -50,8 +50,12 @@ out-of-fold residuals can be compared galaxy by galaxy):
      ``--replay`` simulated cutouts per epoch, BatchNorm statistics frozen,
      optional L2-SP anchor).
 
-   In each fold, early stopping and the best epoch use an inner validation part
-   (``--val-fraction``) of the fold's training galaxies, never the held-out fold.
+   By default every network learns from all of its fold's training galaxies
+   and is kept at the end of its one-cycle schedule (``--val-fraction 0``, as
+   the shared README's real-only reference: 60 epochs, no early stopping). With
+   ``--val-fraction F`` > 0, early stopping and the best epoch use an inner
+   validation part (a fraction F) of the fold's training galaxies, never the
+   held-out fold.
 4. Out-of-fold RMSE, NMAD, bias, outlier fraction (``|r| > 3 NMAD``) of both,
    the paired bootstrap of ``sim_pretrained`` against ``real_only`` (and against
    the image-colour gradient boosting cross-fitted on the same folds), and the
@@ -69,8 +73,9 @@ out-of-fold residuals can be compared galaxy by galaxy):
    real-only: whether the simulation adds more than another real-only network.
 
 7. With ``--bundle DIR``, the bundled model: one real-only and one sim-pretrained
-   network trained as in the folds on all the real galaxies (a fifth of them,
-   stratified, for early stopping; network seeds ``seed + n_folds``), combined
+   network trained as in the folds on all the real galaxies (with
+   ``--val-fraction F`` > 0 a fraction F of them, stratified, for early
+   stopping; network seeds ``seed + n_folds``), combined
    with `astro_metallicity.train.ensemble_models` (equal weights, mixture
    variance). Its real-galaxy figures are those of the same combination of each
    fold's two networks, out of fold (RMSE, NMAD, bias, outliers, paired bootstrap
@@ -252,6 +257,17 @@ def _configs(args):
     return real_only, finetune
 
 
+def _stopping_tag(args):
+    """How the recipe picks a network's epoch, for checkpoint folder names: the last
+    epoch (``last``) or early stopping on an inner fraction with a patience."""
+    return "last" if args.val_fraction == 0 else f"v{args.val_fraction:g}_p{args.patience}"
+
+
+def _real_only_folder(args):
+    return (f"real_only_{args.arch}_{args.input_size}px_e{args.epochs}_lr{args.lr:g}"
+            f"_{_stopping_tag(args)}_b{args.batch_size}")
+
+
 def _images_trained(result, real_repeat, n_replay):
     """Training images the run pushed through its networks (for throughput figures)."""
     return int(sum(f["epochs_run"] * (real_repeat * f["n_train"] + n_replay)
@@ -278,8 +294,7 @@ def _run_size(args, real, size, pretrained, replay, configs, work, digest, membe
     t0 = time.perf_counter()
     runs["real_only"] = cross_fit(
         real, real_only_config, baselines=not member, **common,
-        checkpoint_dir=folder(f"real_only_{args.arch}_{args.input_size}px_e{args.epochs}"
-                              f"_lr{args.lr:g}_p{args.patience}_b{args.batch_size}"),
+        checkpoint_dir=folder(_real_only_folder(args)),
         metadata={"provenance": {"stage": "trained from scratch on real SDSS ImgCutout JPEGs"}})
     entry["real_only_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -291,7 +306,7 @@ def _run_size(args, real, size, pretrained, replay, configs, work, digest, membe
                               f"_lr{args.finetune_lr:g}_x{args.real_repeat}_r{n_replay}"
                               f"_{'fbn' if args.freeze_batchnorm else 'bn'}"
                               f"_a{args.anchor_strength:g}_bb{args.backbone_lr_factor:g}"
-                              f"_p{args.patience}_b{args.batch_size}"),
+                              f"_{_stopping_tag(args)}_b{args.batch_size}"),
         metadata={"provenance": {"stage": "pretrained on the simulated survey, fine-tuned on "
                                           "real SDSS ImgCutout JPEGs"}})
     entry["sim_pretrained_seconds"] = time.perf_counter() - t0
@@ -513,8 +528,11 @@ def run_crossfit_recipe(args):
     real_only, sim_pre = headline["real_only"], headline["sim_pretrained"]
     report["real_400"] = {
         "protocol": (f"{args.n_folds}-fold cross-fitting of the {len(real)} real galaxies "
-                     f"(folds stratified by oh_p50, seed {args.seed}); early stopping on "
-                     f"{args.val_fraction:g} of each fold's training part; every galaxy "
+                     f"(folds stratified by oh_p50, seed {args.seed}); "
+                     + (f"early stopping on {args.val_fraction:g} of each fold's training part"
+                        if args.val_fraction else "each network trained on all of its fold's "
+                        "training part, kept at its last epoch")
+                     + "; every galaxy "
                      "predicted by the fold network that never saw it"),
         "n_given_per_fold": curve[-1]["n_given_per_fold"],
         "real_only": real_only.report(),
@@ -587,11 +605,15 @@ BUNDLED_NAME = "metallicity_resnet18"
 BUNDLE_MEMBERS = ("real_only", "sim_pretrained")
 #: Simulated validation cutouts (not replayed) that calibrate the log M* error.
 MASS_CALIBRATION_SIZE = 2000
+#: The bundle's in-sample predictions of every n-th real galaxy are recorded for a quick
+#: reproduction check (``tests/test_bundled_model.py``).
+IN_SAMPLE_CHECK_EVERY = 5
 
 
 def _final_networks(args, real, truth, pretrained, replay, configs, work, digest):
-    """Each kind of network trained once more on all the real galaxies (inner split for early
-    stopping as in the folds, network seed ``seed + n_folds``): the members of the bundle."""
+    """Each kind of network trained once more on all the real galaxies (with an inner split
+    for early stopping as in the folds when ``--val-fraction`` > 0; network seed
+    ``seed + n_folds``): the members of the bundle."""
     from astro_metallicity.train.crossfit import _inner_split
     from astro_metallicity.train.dataset import _concat_cutouts
 
@@ -603,15 +625,14 @@ def _final_networks(args, real, truth, pretrained, replay, configs, work, digest
     folder = (lambda name: work / name / "bundle") if args.checkpoints else (lambda name: None)
     real_only = train_model(
         fit, val, real_only_config,
-        checkpoint_dir=folder(f"real_only_{args.arch}_{args.input_size}px_e{args.epochs}"
-                              f"_lr{args.lr:g}_p{args.patience}_b{args.batch_size}"),
+        checkpoint_dir=folder(_real_only_folder(args)),
         metadata={"provenance": {"stage": f"trained from scratch on {len(fit)} of the {len(real)} "
                                           "real SDSS ImgCutout JPEGs"}})
     parts = [fit] * args.real_repeat + ([replay] if replay is not None else [])
     sim_pretrained = train_model(
         _concat_cutouts(parts), val, finetune_config, init_from=pretrained,
-        checkpoint_dir=folder(f"sim_pretrained_{digest}_bundle_x{args.real_repeat}"
-                              f"_r{0 if replay is None else len(replay)}"),
+        checkpoint_dir=folder(f"sim_pretrained_{digest}_bundle_{_stopping_tag(args)}"
+                              f"_x{args.real_repeat}_r{0 if replay is None else len(replay)}"),
         metadata={"provenance": {"stage": f"pretrained on the simulated survey, fine-tuned on "
                                           f"{len(fit)} of the {len(real)} real SDSS ImgCutout "
                                           "JPEGs"}})
@@ -619,6 +640,14 @@ def _final_networks(args, real, truth, pretrained, replay, configs, work, digest
              "early_stopping_objids": [int(i) for i in
                                        np.asarray(real.catalog["objID"])[val_idx]]}
     return {"real_only": real_only.model, "sim_pretrained": sim_pretrained.model}, split
+
+
+def _final_split_words(args):
+    """How the bundle's networks used the real galaxies, for its description."""
+    if args.val_fraction:
+        return (f"each with {args.val_fraction:.0%} of them held out for early stopping"
+                .replace("%", " %"))
+    return "each trained on all of them to the end of its schedule, no early stopping"
 
 
 def _out_of_fold_ensemble(args, real, truth, headline):
@@ -718,7 +747,7 @@ def _bundle(args, real, truth, sim, pretrained, replay, configs, work, digest, h
             "Equal-weight ensemble of two ResNet-18: one trained from scratch on the 400 real "
             "SDSS DR14 ImgCutout JPEGs with MPA-JHU DR7 metallicities, one pretrained on the "
             "simulated SDSS-like survey (astro_metallicity.mock) and fine-tuned on the same "
-            "400 (each with 20 % of them held out for early stopping). Real-galaxy figures are "
+            f"400 ({_final_split_words(args)}). Real-galaxy figures are "
             "out of fold (5-fold cross-fitting of this recipe on the 400); accuracy on other "
             "real galaxies is unmeasured."),
         "command": report["command"],
@@ -756,11 +785,12 @@ def _bundle(args, real, truth, sim, pretrained, replay, configs, work, digest, h
     saved = load_model(pt, device=args.device).predict(real.images, tta=not args.no_tta)
     out["in_sample_400"] = regression_report(truth, saved["metallicity"],
                                              saved["metallicity_err"])
-    stopping = np.isin(np.asarray(real.catalog["objID"]),
-                       out["final_training"]["early_stopping_objids"])
-    for key, rows in (("in_sample_train", ~stopping), ("in_sample_early_stopping", stopping)):
-        out[key] = regression_report(truth[rows], saved["metallicity"][rows],
-                                     saved["metallicity_err"][rows])
+    # a fixed fifth of the 400 (every fifth row of the label file) for the tests' quick check
+    objids = np.asarray(real.catalog["objID"], dtype=np.int64)
+    check = np.arange(len(real)) % IN_SAMPLE_CHECK_EVERY == 0
+    out["in_sample_check"] = {"objids": [int(i) for i in objids[check]],
+                              **regression_report(truth[check], saved["metallicity"][check],
+                                                  saved["metallicity_err"][check])}
     log.info(f"Bundled model written to {pt} ({out['model_size_mb']} MB): out-of-fold RMSE "
              f"{out['real_400']['rmse']:.4f} dex, coverage "
              f"{calibration['coverage_cross_validated']:.3f}")
@@ -833,10 +863,12 @@ def _parser():
     net.add_argument("--replay", type=int, default=2560,
                      help="simulated cutouts replayed in every fine-tuning epoch (0: none)")
     net.add_argument("--batch-size", type=int, default=32)
-    net.add_argument("--patience", type=int, default=20, help="early-stopping patience")
+    net.add_argument("--patience", type=int, default=20,
+                     help="early-stopping patience (with --val-fraction > 0)")
     net.add_argument("--n-folds", type=int, default=5)
-    net.add_argument("--val-fraction", type=float, default=0.2,
-                     help="part of each fold's training galaxies used for early stopping")
+    net.add_argument("--val-fraction", type=float, default=0.0,
+                     help="part of each fold's training galaxies held out for early stopping "
+                          "(default 0: all of them train, the last epoch is kept)")
     net.add_argument("--sizes", type=_sizes, default=[50, 100, 200, 400],
                      help="real training sizes of the data-size curve (comma-separated)")
     net.add_argument("--seed", type=int, default=0)
