@@ -1,7 +1,7 @@
 """The bundled model, as users get it, on 400 real SDSS ImgCutout JPEGs (offline).
 
 The bundled model is the ensemble ``recipes/crossfit.py --bundle`` trains on all
-400 real JPEGs (320 to learn from, 80 for early stopping, listed in its metadata).
+400 real JPEGs (each network learns from all of them; no early stopping).
 Its real-galaxy accuracy is the recipe's out-of-fold figure on the model card
 (``docs/model_card_data.json``, also recorded in the model's metadata); these
 tests check that the installed files are the ones the card describes: the
@@ -9,8 +9,9 @@ predictions a user gets through the public route (`load_model` and
 `predict_metallicity_from_images`) reproduce the card's in-sample figures, and
 the card's and the metadata's figures agree. The out-of-fold figure itself
 cannot be recomputed here: the fold networks are not shipped (rerun the recipe).
-The default run predicts the 80
-early-stopping galaxies (a few seconds); the ``slow`` test adds the other 320.
+The default run predicts a fixed
+fifth of the 400 (80 galaxies, listed in the card; a few seconds); the ``slow``
+test adds the other 320.
 They skip where ``../shared/data`` is absent.
 """
 
@@ -43,14 +44,14 @@ def _labels(shared):
     return Table.read(shared / "sdss-gri-jpeg-400" / "labels.csv", format="ascii.csv")
 
 
-def _stopping_objids():
+def _check_objids():
     card = json.loads(MODEL_CARD.read_text())
-    return card["bundle"]["final_training"]["early_stopping_objids"]
+    return card["bundle"]["in_sample_check"]["objids"]
 
 
 @functools.cache
-def _predict(shared, early_stopping):
-    """Predictions for the 80 early-stopping galaxies (``early_stopping=True``) or the other 320.
+def _predict(shared, in_check):
+    """Predictions for the card's 80 check galaxies (``in_check=True``) or the other 320.
 
     Cached: CPU inference with test-time augmentation (8 views, two networks) takes a
     few seconds per hundred images, and several tests read the same predictions. Keyed
@@ -59,8 +60,8 @@ def _predict(shared, early_stopping):
     from astro_metallicity import predict_metallicity_from_images
 
     labels = _labels(shared)
-    chosen = np.isin(np.asarray(labels["objID"], dtype=np.int64), _stopping_objids())
-    rows = labels[chosen == early_stopping]
+    chosen = np.isin(np.asarray(labels["objID"], dtype=np.int64), _check_objids())
+    rows = labels[chosen == in_check]
     paths = [shared / "sdss-gri-jpeg-400" / "images" / f"{objid}.jpg" for objid in rows["objID"]]
     result = predict_metallicity_from_images(paths, model=_model(),
                                              names=[str(objid) for objid in rows["objID"]])
@@ -68,14 +69,14 @@ def _predict(shared, early_stopping):
 
 
 @pytest.fixture
-def early_stopping(shared_data):
-    """(labels, predictions) of the 80 galaxies the bundle's networks stopped early on."""
+def check_80(shared_data):
+    """(labels, predictions) of the 80 galaxies whose in-sample figures the card records."""
     return _predict(shared_data, True)
 
 
 @pytest.fixture
 def all_400(shared_data):
-    """(labels, predictions) of all 400 real galaxies (80 early-stopping + 320 training)."""
+    """(labels, predictions) of all 400 real galaxies (the 80 check galaxies + the other 320)."""
     from astropy.table import vstack
 
     stop_rows, stop_result = _predict(shared_data, True)
@@ -93,8 +94,8 @@ def _rmse(pred, true):
     return float(np.sqrt(np.mean((pred - true) ** 2)))
 
 
-def test_predicts_real_jpegs_in_dex(early_stopping):
-    labels, result = early_stopping
+def test_predicts_real_jpegs_in_dex(check_80):
+    labels, result = check_80
     assert len(result) == len(labels) == 80
     assert list(result["image"]) == [str(objid) for objid in labels["objID"]]
     assert result["metallicity"].unit == u.dex and result["metallicity_err"].unit == u.dex
@@ -132,13 +133,13 @@ def test_the_card_and_the_metadata_describe_one_model(model_card):
     assert bundle["model_size_mb"] <= 60
 
 
-def test_reproduces_the_model_card_on_its_early_stopping_galaxies(early_stopping, model_card):
-    labels, result = early_stopping
-    assert sorted(int(objid) for objid in labels["objID"]) == sorted(_stopping_objids())
+def test_reproduces_the_model_card_on_its_check_galaxies(check_80, model_card):
+    labels, result = check_80
+    assert sorted(int(objid) for objid in labels["objID"]) == sorted(_check_objids())
     true = np.asarray(labels["oh_p50"], dtype=float)
     pred = _values(result["metallicity"])
     err = _values(result["metallicity_err"])
-    card = model_card["bundle"]["in_sample_early_stopping"]
+    card = model_card["bundle"]["in_sample_check"]
     assert card["n"] == 80
     assert _rmse(pred, true) == pytest.approx(card["rmse"], abs=1e-3)
     assert np.mean(pred - true) == pytest.approx(card["bias"], abs=1e-3)
