@@ -18,8 +18,8 @@ Three measurements with the bundled model (or ``--model``):
    (``../shared/data/sdss-gri-jpeg-400``), each scored by a reference fitted
    without its fold (5-fold) against a threshold chosen by cross-validation on
    the other folds only (nested): the fraction flagged. Target: <= 3 %. The
-   network's weights saw 320 of the 400 in fine-tuning, so this measures the
-   reference statistics and threshold, not a network that never saw them.
+   bundled networks learned from all 400, so this measures the reference
+   statistics and threshold, not a network that never saw them.
    Alongside, each of the 400 with its channels in another order (the five
    orders cycled), scored by the same outer-fold reference and threshold, which
    never saw the original: the channel-order check out of fold (the channel
