@@ -645,8 +645,7 @@ def _final_networks(args, real, truth, pretrained, replay, configs, work, digest
 def _final_split_words(args):
     """How the bundle's networks used the real galaxies, for its description."""
     if args.val_fraction:
-        return (f"each with {args.val_fraction:.0%} of them held out for early stopping"
-                .replace("%", " %"))
+        return f"each with {args.val_fraction * 100:g} % of them held out for early stopping"
     return "each trained on all of them to the end of its schedule, no early stopping"
 
 
