@@ -14,11 +14,13 @@ Run it from a checkout (with astro-metallicity installed) with::
     python recipes/bundled.py --output DIR
 
 It writes the model (``DIR/metallicity_resnet18.pt`` + ``.json``) and its JSON
-report (``DIR/bundled_report.json``) into ``DIR``. To refresh the model shipped
-with the package and the model card's numbers::
+report (``DIR/bundled_report.json``) into ``DIR``. To rebuild the previous
+model and its record (not the model shipped with the package now, which
+``recipes/crossfit.py --bundle`` builds; do not point ``--output`` at
+``astro_metallicity/data`` except with ``--ood-only``)::
 
-    python recipes/bundled.py --output astro_metallicity/data \
-        --report docs/model_card_data.json --work-dir runs/bundled
+    python recipes/bundled.py --output runs/single_network \
+        --report docs/model_card_data_single_network.json --work-dir runs/bundled
 
 Steps (every seed fixed, so the run is reproducible):
 

@@ -556,7 +556,12 @@ def test_frames_in_memory_bounds_the_frame_memo(sdss, monkeypatch):
     """conf.frames_in_memory is how many decompressed frames are kept: with 1, a target
     list over several fields decompresses some frame again (the frames of a field and its
     neighbours do not fit), and the memo never holds more than one."""
-    coords, _ = _galaxies(sdss, 24)
+    # two galaxies in each of two fields: at least six frames, each target needing several
+    cat = sdss.catalog
+    field_of = list(zip(np.asarray(cat["camcol"]), np.asarray(cat["field"])))
+    fields = list(dict.fromkeys(field_of))[:2]
+    idx = [i for f in fields for i in [j for j, g in enumerate(field_of) if g == f][:2]]
+    coords = SkyCoord(cat["ra"][idx], cat["dec"][idx])
     parsed = Counter()
     real_parse = _sdss.parse_frame
 
