@@ -28,8 +28,9 @@ Run::
     OMP_NUM_THREADS=1 python benchmarks/sim_realism.py [--quick] [--output-dir DIR]
 
 ``--cnn-region sky`` or ``galaxy`` shows the CNN only the sky (pixels 40 px or more
-from the centre) or only the galaxy (within 24 px), to find which part gives the
-simulation away.
+from the centre) or only the galaxy (within 24 px), and ``--cnn-block N`` only
+structure coarser than 128 / N px (each cutout averaged over blocks down to N x N
+px), to find which part and which scale give the simulation away.
 
 Prints both AUCs (pooled out-of-fold, and the mean and standard deviation over
 folds), the statistics ranked by how well each alone separates real from
@@ -443,6 +444,38 @@ def cnn_test(images, y, folds, seed, epochs, threads, batch=32, log=print):
     return _auc_report(y, oof, folds)
 
 
+def block_average(images, n):
+    """Cutouts ``(N, 128, 128, 3)`` averaged over square blocks down to ``n`` x ``n`` px and
+    repeated back to 128 x 128 (uint8), so the CNN sees only structure coarser than a block."""
+    f = SIZE // n
+    low = images.reshape(len(images), n, f, n, f, 3).mean(axis=(2, 4))
+    return np.repeat(np.repeat(low, f, axis=1), f, axis=2).round().astype(np.uint8)
+
+
+#: Measured-axis-ratio bins and the statistics whose medians `by_axis_ratio` compares.
+AXIS_RATIO_BINS = ((0.0, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0))
+BY_AXIS_RATIO = ("G_mean_c32", "r_half", "concentration", "asymmetry")
+
+
+def by_axis_ratio(names, X_real, X_sim):
+    """Real and simulated medians of `BY_AXIS_RATIO` in bins of the measured axis ratio
+    (None where a bin holds fewer than 3 cutouts): are round and inclined galaxies equally
+    well simulated?"""
+    q = names.index("axis_ratio")
+    rows = []
+    for lo, hi in AXIS_RATIO_BINS:
+        sel = [(x[:, q] >= lo) & ((x[:, q] < hi) | (hi == 1.0)) for x in (X_real, X_sim)]
+        med = {n: [float(np.nanmedian(x[s, names.index(n)])) if s.sum() >= 3 else None
+                   for x, s in zip((X_real, X_sim), sel)] for n in BY_AXIS_RATIO}
+        rows.append({"range": [lo, hi], "n_real": int(sel[0].sum()), "n_sim": int(sel[1].sum()),
+                     "medians": med})
+    return rows
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.3g}"
+
+
 # ----------------------------------------------------------------------------- figures
 def montage(path, real, oh_real, sim, oh_sim, n=24, cols=6):
     import matplotlib.pyplot as plt
@@ -511,6 +544,11 @@ def main(argv=None):
                         help="what the CNN sees: the whole cutout (default), the sky only (pixels "
                              "within 40 px of the centre set to 0) or the galaxy only (pixels 24 px "
                              "or more from the centre set to 0)")
+    parser.add_argument("--cnn-block", type=int, default=SIZE, choices=(128, 64, 32, 16, 8),
+                        help="what the CNN sees at which resolution: each cutout averaged over "
+                             "square blocks down to N x N px and repeated back to 128 (default "
+                             "128: as it is); a high AUC at 16 says the cue is the coarse "
+                             "distribution of light, not texture")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 120 real and 120 simulated galaxies, 3 epochs")
     parser.add_argument("--output-dir", type=Path, default=None,
@@ -596,10 +634,19 @@ def main(argv=None):
         pixels = pixels.copy()
         pixels[:, hide] = 0
         log(f"CNN sees the {args.cnn_region} only")
+    if args.cnn_block != SIZE:
+        pixels = block_average(pixels, args.cnn_block)
+        log(f"CNN sees {args.cnn_block} x {args.cnn_block} blocks")
     cnn = cnn_test(pixels, y, folds, args.cv_seed, args.epochs, args.threads, log=log)
     timings["cnn_test_s"] = time.perf_counter() - t0
     log(f"CNN test: AUC {cnn['auc']:.3f} (folds {cnn['fold_mean']:.3f} +/- {cnn['fold_std']:.3f}); "
         f"{timings['cnn_test_s']:.1f} s")
+
+    by_shape = by_axis_ratio(names, X_real, X_sim)
+    log("\nmedians by measured axis ratio (real / simulated; counts first)")
+    for b in by_shape:
+        log(f"  axis ratio {b['range'][0]:.1f}-{b['range'][1]:.1f}: n {b['n_real']} / {b['n_sim']}; "
+            + "; ".join(f"{k} {_fmt(v[0])} / {_fmt(v[1])}" for k, v in b["medians"].items()))
 
     log("\nstatistics ranked by single-feature AUC (label 1 = simulated; >0.5: simulated larger)")
     log(f"{'statistic':20s} {'AUC':>6s} {'SMD':>7s} {'real med':>10s} {'sim med':>10s}")
@@ -614,6 +661,7 @@ def main(argv=None):
     timings["total_s"] = time.perf_counter() - t_start
     result = {
         "cnn": cnn, "statistics": stats, "statistics_groups": groups, "ranked_statistics": table,
+        "by_axis_ratio": by_shape, "cnn_block": args.cnn_block,
         "n_real": int(len(real)), "n_sim": int(len(sim)), "sky_seed": args.seed,
         "appearance": args.appearance,
         "cv_seed": args.cv_seed, "cnn_region": args.cnn_region, "epochs": args.epochs, "quick": args.quick, "threads": args.threads,

@@ -1,0 +1,46 @@
+"""Helpers of benchmarks/sim_realism.py that its diagnostics rest on (the benchmark itself
+needs the real cutouts and minutes of CPU; the realism page reports its runs)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def realism():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sim_realism.py"
+    if not path.is_file():
+        pytest.skip("benchmarks/ is not in this installation")
+    spec = importlib.util.spec_from_file_location("sim_realism", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_block_average_keeps_only_coarse_structure(realism):
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
+    images = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)  # constant on 8 x 8 blocks
+    np.testing.assert_array_equal(realism.block_average(images, 16), images)
+    checker = ((np.indices((128, 128)).sum(axis=0) % 2) * 200).astype(np.uint8)
+    fine = np.repeat(checker[None, :, :, None], 3, axis=3)  # 1-px pattern, mean 100
+    out = realism.block_average(fine, 16)
+    assert out.shape == (1, 128, 128, 3) and out.dtype == np.uint8
+    assert np.all(out == 100)
+
+
+def test_by_axis_ratio_bins_and_medians(realism):
+    names = ["axis_ratio", *realism.BY_AXIS_RATIO]
+    q_real = np.array([0.5, 0.5, 0.5, 0.7, 0.9, 0.9, 0.9, 1.0])
+    q_sim = np.array([0.3, 0.5, 0.9, 0.9, 0.9])
+    X_real = np.column_stack([q_real] + [q_real * 10 * (k + 1) for k in range(4)])
+    X_sim = np.column_stack([q_sim] + [q_sim * 10 * (k + 1) for k in range(4)])
+    rows = realism.by_axis_ratio(names, X_real, X_sim)
+    assert [r["range"] for r in rows] == [list(b) for b in realism.AXIS_RATIO_BINS]
+    assert [(r["n_real"], r["n_sim"]) for r in rows] == [(0, 1), (3, 1), (1, 0), (4, 3)]
+    round_bin = rows[3]["medians"]
+    assert round_bin["G_mean_c32"] == pytest.approx([9.0, 9.0])  # axis ratio 1.0 is in the last bin
+    assert round_bin["asymmetry"] == pytest.approx([36.0, 36.0])
+    assert rows[1]["medians"]["r_half"] == [pytest.approx(10.0), None]  # one simulated: too few
