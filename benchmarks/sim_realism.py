@@ -34,7 +34,8 @@ px), to find which part and which scale give the simulation away.
 
 Prints both AUCs (pooled out-of-fold, and the mean and standard deviation over
 folds), the statistics ranked by how well each alone separates real from
-simulated (single-feature AUC), and the run time. Writes ``montage.png``,
+simulated (single-feature AUC), medians of four statistics by measured axis ratio, and
+the run time. Writes ``montage.png``,
 ``histograms.png`` and ``sim_realism.json`` to the output directory (default: a
 new temporary directory, printed).
 """
@@ -448,8 +449,8 @@ def block_average(images, n):
     """Cutouts ``(N, 128, 128, 3)`` averaged over square blocks down to ``n`` x ``n`` px and
     repeated back to 128 x 128 (uint8), so the CNN sees only structure coarser than a block."""
     f = SIZE // n
-    low = images.reshape(len(images), n, f, n, f, 3).mean(axis=(2, 4))
-    return np.repeat(np.repeat(low, f, axis=1), f, axis=2).round().astype(np.uint8)
+    low = images.reshape(len(images), n, f, n, f, 3).mean(axis=(2, 4)).round().astype(np.uint8)
+    return np.repeat(np.repeat(low, f, axis=1), f, axis=2)
 
 
 #: Measured-axis-ratio bins and the statistics whose medians `by_axis_ratio` compares.
@@ -459,21 +460,29 @@ BY_AXIS_RATIO = ("G_mean_c32", "r_half", "concentration", "asymmetry")
 
 def by_axis_ratio(names, X_real, X_sim):
     """Real and simulated medians of `BY_AXIS_RATIO` in bins of the measured axis ratio
-    (None where a bin holds fewer than 3 cutouts): are round and inclined galaxies equally
-    well simulated?"""
+    (None where fewer than 3 finite values): are round and inclined galaxies equally well
+    simulated? The last bin includes its upper edge; cutouts without an axis ratio (NaN) are
+    in no bin."""
     q = names.index("axis_ratio")
+    last = AXIS_RATIO_BINS[-1][1]
+
+    def median(values):
+        values = values[np.isfinite(values)]
+        return float(np.median(values)) if len(values) >= 3 else None
+
     rows = []
     for lo, hi in AXIS_RATIO_BINS:
-        sel = [(x[:, q] >= lo) & ((x[:, q] < hi) | (hi == 1.0)) for x in (X_real, X_sim)]
-        med = {n: [float(np.nanmedian(x[s, names.index(n)])) if s.sum() >= 3 else None
-                   for x, s in zip((X_real, X_sim), sel)] for n in BY_AXIS_RATIO}
+        sel = [(x[:, q] >= lo) & ((x[:, q] < hi) | ((hi == last) & (x[:, q] == hi)))
+               for x in (X_real, X_sim)]
+        med = {n: [median(x[s, names.index(n)]) for x, s in zip((X_real, X_sim), sel)]
+               for n in BY_AXIS_RATIO}
         rows.append({"range": [lo, hi], "n_real": int(sel[0].sum()), "n_sim": int(sel[1].sum()),
                      "medians": med})
     return rows
 
 
 def _fmt(value):
-    return "-" if value is None else f"{value:.3g}"
+    return "-" if value is None else f"{value:#.3g}"
 
 
 # ----------------------------------------------------------------------------- figures
@@ -544,11 +553,12 @@ def main(argv=None):
                         help="what the CNN sees: the whole cutout (default), the sky only (pixels "
                              "within 40 px of the centre set to 0) or the galaxy only (pixels 24 px "
                              "or more from the centre set to 0)")
-    parser.add_argument("--cnn-block", type=int, default=SIZE, choices=(128, 64, 32, 16, 8),
+    parser.add_argument("--cnn-block", type=int, default=SIZE, choices=(128, 32, 16, 8),
                         help="what the CNN sees at which resolution: each cutout averaged over "
                              "square blocks down to N x N px and repeated back to 128 (default "
-                             "128: as it is); a high AUC at 16 says the cue is the coarse "
-                             "distribution of light, not texture")
+                             "128: as it is; the CNN itself works at 64 px), after --cnn-region; "
+                             "a high AUC at 16 says the cue is the coarse distribution of light, "
+                             "not texture")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 120 real and 120 simulated galaxies, 3 epochs")
     parser.add_argument("--output-dir", type=Path, default=None,
@@ -636,7 +646,8 @@ def main(argv=None):
         log(f"CNN sees the {args.cnn_region} only")
     if args.cnn_block != SIZE:
         pixels = block_average(pixels, args.cnn_block)
-        log(f"CNN sees {args.cnn_block} x {args.cnn_block} blocks")
+        log(f"CNN sees the cutouts averaged down to {args.cnn_block} x {args.cnn_block} px "
+            f"({SIZE // args.cnn_block}-px blocks)")
     cnn = cnn_test(pixels, y, folds, args.cv_seed, args.epochs, args.threads, log=log)
     timings["cnn_test_s"] = time.perf_counter() - t0
     log(f"CNN test: AUC {cnn['auc']:.3f} (folds {cnn['fold_mean']:.3f} +/- {cnn['fold_std']:.3f}); "

@@ -14,13 +14,16 @@ Run it from a checkout (with astro-metallicity installed) with::
     python recipes/bundled.py --output DIR
 
 It writes the model (``DIR/metallicity_resnet18.pt`` + ``.json``) and its JSON
-report (``DIR/bundled_report.json``) into ``DIR``. To rebuild the previous
-model and its record (not the model shipped with the package now, which
+report (``DIR/bundled_report.json``) into ``DIR``. To re-run the recipe of
+the previous model (not the model shipped with the package now, which
 ``recipes/crossfit.py --bundle`` builds; do not point ``--output`` at
 ``astro_metallicity/data`` except with ``--ood-only``)::
 
-    python recipes/bundled.py --output runs/single_network \
-        --report docs/model_card_data_single_network.json --work-dir runs/bundled
+    python recipes/bundled.py --output runs/single_network --work-dir runs/bundled
+
+and compare ``runs/single_network/bundled_report.json`` with the record
+``docs/model_card_data_single_network.json`` (written by an earlier version of
+this code, with a few keys added by hand; do not overwrite it).
 
 Steps (every seed fixed, so the run is reproducible):
 

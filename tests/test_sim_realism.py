@@ -44,3 +44,10 @@ def test_by_axis_ratio_bins_and_medians(realism):
     assert round_bin["G_mean_c32"] == pytest.approx([9.0, 9.0])  # axis ratio 1.0 is in the last bin
     assert round_bin["asymmetry"] == pytest.approx([36.0, 36.0])
     assert rows[1]["medians"]["r_half"] == [pytest.approx(10.0), None]  # one simulated: too few
+    X_real[0, 2] = np.nan  # a statistic that could not be measured on one cutout
+    X_real[4, 0] = np.nan  # nor its axis ratio: it falls in no bin
+    rows = realism.by_axis_ratio(names, X_real, X_sim)
+    assert [r["n_real"] for r in rows] == [0, 3, 1, 3]
+    assert rows[1]["medians"]["r_half"] == [None, None]  # two finite values are too few
+    assert rows[1]["medians"]["G_mean_c32"] == [pytest.approx(5.0), None]
+    assert realism._fmt(15.0) == "15.0" and realism._fmt(None) == "-"
