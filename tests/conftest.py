@@ -1,5 +1,6 @@
 """Shared fixtures. Fixtures that need the network use the local mock SDSS server."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -52,6 +53,21 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data (real SDSS sample) is not available")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """A function importing ``benchmarks/NAME.py`` as a module (the scripts are not part of
+    the package); the test skips where the checkout has no ``benchmarks/``."""
+    def load(name):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        if not path.is_file():
+            pytest.skip("benchmarks/ is not in this installation")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture(scope="session")

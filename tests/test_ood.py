@@ -1,6 +1,5 @@
 """The out-of-distribution score and flag (astro_metallicity.ood; issue 12)."""
 
-import importlib.util
 import io
 import json
 import re
@@ -276,7 +275,7 @@ def test_image_features_see_the_artefacts(galaxies):
 
 
 @pytest.fixture(scope="module")
-def bench_report():
+def bench_report(load_benchmark):
     """benchmarks/bench_ood.py run once (about two minutes on one core)."""
     import os
 
@@ -285,12 +284,7 @@ def bench_report():
                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
     if not shared.is_dir():
         pytest.skip("../shared/data (real SDSS sample) is not available")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ood.py"
-    if not path.is_file():
-        pytest.skip("benchmarks/ is not in this installation")
-    spec = importlib.util.spec_from_file_location("bench_ood", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_ood")
     return bench.run(real_dir=shared / "sdss-gri-jpeg-400", simulated=False)
 
 

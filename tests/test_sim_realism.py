@@ -1,22 +1,13 @@
 """Helpers of benchmarks/sim_realism.py that its diagnostics rest on (the benchmark itself
 needs the real cutouts and minutes of CPU; the realism page reports its runs)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 
 @pytest.fixture(scope="module")
-def realism():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sim_realism.py"
-    if not path.is_file():
-        pytest.skip("benchmarks/ is not in this installation")
-    spec = importlib.util.spec_from_file_location("sim_realism", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def realism(load_benchmark):
+    return load_benchmark("sim_realism")
 
 
 def test_block_average_keeps_only_coarse_structure(realism):
