@@ -1,0 +1,83 @@
+"""The learned sim-to-real translator (astro_metallicity.train.translation)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from astro_metallicity.train.translation import (
+    _make_translator,
+    load_translator,
+    save_translator,
+    train_translation,
+    translate_images,
+)
+
+
+def _smooth_images(n, size, seed):
+    """Random colour images made of blurred blobs (values 20-120 of 255)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.0, 1.0, (n, size, size, 3))
+    base = gaussian_filter(base, sigma=(0, 3, 3, 0))
+    base = (base - base.min()) / (base.max() - base.min())
+    return (20 + 100 * base).astype(np.uint8)
+
+
+def test_untrained_translator_is_the_identity():
+    images = _smooth_images(5, 32, seed=1)
+    images[0, :4] = 255  # saturated and black pixels too
+    images[1, :4] = 0
+    np.testing.assert_array_equal(translate_images(_make_translator(), images), images)
+
+
+def test_translator_learns_a_coarse_colour_difference():
+    # "real" images are the simulated ones with the red channel 1.6 x brighter: the
+    # translator has to find that from images alone and leave green and blue alone
+    sim = _smooth_images(64, 16, seed=2)
+    real = _smooth_images(64, 16, seed=3)
+    real[..., 0] = np.clip(real[..., 0] * 1.6, 0, 255).astype(np.uint8)
+    result = train_translation(sim, real, iterations=150, penalty=0.01, batch_size=16, seed=0,
+                               ema_decay=0.9, threads=1, log_every=50)
+    assert [h["iteration"] for h in result.history] == [50, 100, 150]
+    out = translate_images(result.translator, sim).astype(float)
+    ratio = out.mean(axis=(0, 1, 2)) / sim.astype(float).mean(axis=(0, 1, 2))
+    assert ratio[0] > 1.25  # red brightened towards 1.6
+    assert abs(ratio[1] - 1) < 0.5 * (ratio[0] - 1)  # green and blue changed less
+    assert abs(ratio[2] - 1) < 0.5 * (ratio[0] - 1)
+
+
+def test_training_is_seeded_and_the_weights_round_trip(tmp_path):
+    sim, real = _smooth_images(16, 16, seed=4), _smooth_images(16, 16, seed=5)
+    a = train_translation(sim, real, iterations=20, seed=7, threads=1)
+    b = train_translation(sim, real, iterations=20, seed=7, threads=1)
+    np.testing.assert_array_equal(translate_images(a.translator, sim),
+                                  translate_images(b.translator, sim))
+    save_translator(a.translator, tmp_path / "translator.pt")
+    back = load_translator(tmp_path / "translator.pt")
+    np.testing.assert_array_equal(translate_images(back, sim), translate_images(a.translator, sim))
+
+
+@pytest.mark.parametrize(("images", "match"), [
+    (np.zeros((2, 32, 32, 3), dtype=np.float32), "must be uint8"),
+    (np.zeros((2, 32, 32), dtype=np.uint8), "must be uint8"),
+    (np.zeros((2, 30, 32, 3), dtype=np.uint8), "multiple of 8"),
+])
+def test_bad_images_are_refused(images, match):
+    with pytest.raises(ValueError, match=match):
+        translate_images(_make_translator(), images)
+    with pytest.raises(ValueError, match=match):
+        train_translation(images, np.zeros((2, 32, 32, 3), dtype=np.uint8), iterations=1)
+
+
+def test_benchmark_halves_and_jpeg_resave(load_benchmark):
+    bench = load_benchmark("sim_translation")
+    a, b = bench.split_halves(400, seed=0)
+    assert len(a) == len(b) == 200 and not set(a) & set(b)
+    assert sorted(np.r_[a, b]) == list(range(400))
+    assert not np.array_equal(a, bench.split_halves(400, seed=1)[0])
+    images = _smooth_images(3, 128, seed=6)
+    again = bench.resave_jpeg(images)
+    assert again.shape == images.shape and again.dtype == np.uint8
+    assert np.abs(again.astype(int) - images.astype(int)).mean() < 2.0  # smooth images survive
