@@ -104,8 +104,11 @@ def _check_images(images, name):
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         msg = f"{name} must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}"
         raise ValueError(msg)
-    if images.shape[1] % 8 or images.shape[2] % 8:
-        msg = f"{name} must be a multiple of 8 px on each side, got {images.shape[1:3]}"
+    if len(images) == 0:
+        msg = f"{name} is empty"
+        raise ValueError(msg)
+    if images.shape[1] != images.shape[2] or images.shape[1] % 8:
+        msg = f"{name} must be square, a multiple of 8 px on a side, got {images.shape[1:3]}"
         raise ValueError(msg)
     return images
 
@@ -120,7 +123,8 @@ class TranslationResult:
         The trained translator (the moving average of its weights, evaluation
         mode); apply it with `translate_images`.
     history : list of dict
-        Every ``log_every`` iterations: ``iteration``, ``disc_loss``, ``adv_loss``
+        Every ``log_every`` iterations, for the translator as it trains (not the
+        average): ``iteration``, ``disc_loss``, ``adv_loss``
         (the translator's adversarial loss), ``disc_accuracy`` (on that batch),
         ``mean_abs_gain`` and ``mean_abs_offset``.
     """
@@ -137,9 +141,11 @@ def train_translation(sim_images, real_images, *, iterations=2000, penalty=0.1, 
     Parameters
     ----------
     sim_images, real_images : `~numpy.ndarray`
-        uint8 colour cutouts (N, H, W, 3), sides multiples of 8 (the pipeline's
-        128 x 128). Only images, no labels. Both are augmented with random
-        90-degree rotations and flips.
+        uint8 colour cutouts (N, H, H, 3) of one size, H a multiple of 8 (the
+        pipeline's 128 x 128). Only images, no labels. Each batch is rotated by a
+        random multiple of 90 degrees and flipped at random. The discriminator
+        sees them averaged down to 64 px (by H // 64; smaller ones as they are),
+        as the realism benchmark's CNN does.
     iterations : int, optional
         Updates of the translator (each after one update of the discriminator).
     penalty : float, optional
@@ -151,13 +157,15 @@ def train_translation(sim_images, real_images, *, iterations=2000, penalty=0.1, 
         Adam learning rates of translator and discriminator (betas 0.5, 0.999).
     ema_decay : float, optional
         The translator returned is an exponential moving average of the weights
-        over the iterations with this decay (0: the last iterate). A GAN's last
-        iterate can swing far from where it was a few hundred iterations before;
-        the average is steadier.
+        over the iterations with this decay, in [0, 1) (0: the last iterate). A
+        GAN's last iterate can swing far from where it was a few hundred
+        iterations before; the average is meant to be steadier (not measured).
     seed : int, optional
-        Seeds initialisation, sampling and augmentation.
+        Seeds initialisation, sampling and augmentation (torch's global random
+        state is restored afterwards).
     threads : int, optional
-        torch threads (default: torch's own choice).
+        torch threads while training (default: torch's own choice; restored
+        afterwards).
     log_every : int, optional
         Iterations between entries of ``history`` (and calls of ``log``).
     log : callable, optional
@@ -168,17 +176,38 @@ def train_translation(sim_images, real_images, *, iterations=2000, penalty=0.1, 
     result : `TranslationResult`
     """
     import torch
-    import torch.nn.functional as F
 
     sim_images = _check_images(sim_images, "sim_images")
     real_images = _check_images(real_images, "real_images")
-    if iterations < 1 or batch_size < 1:
-        msg = f"iterations and batch_size must be positive, got {iterations} and {batch_size}"
+    if sim_images.shape[1:] != real_images.shape[1:]:
+        msg = (f"sim_images and real_images must have one size, got {sim_images.shape[1:3]} "
+               f"and {real_images.shape[1:3]}")
         raise ValueError(msg)
+    if iterations < 1 or batch_size < 1 or log_every < 1:
+        msg = (f"iterations, batch_size and log_every must be positive, got {iterations}, "
+               f"{batch_size} and {log_every}")
+        raise ValueError(msg)
+    if not 0.0 <= ema_decay < 1.0:
+        msg = f"ema_decay must be in [0, 1), got {ema_decay}"
+        raise ValueError(msg)
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return _train(sim_images, real_images, iterations, penalty, batch_size, lr, disc_lr,
+                          ema_decay, np.random.default_rng(seed), log_every, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(sim_images, real_images, iterations, penalty, batch_size, lr, disc_lr, ema_decay, rng,
+           log_every, log):
+    """The training loop of `train_translation` (arguments checked there)."""
+    import torch
+    import torch.nn.functional as F
+
     translator, disc = _make_translator(), _make_discriminator()
     opt_t = torch.optim.Adam(translator.parameters(), lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), disc_lr, betas=(0.5, 0.999))
@@ -208,12 +237,14 @@ def train_translation(sim_images, real_images, *, iterations=2000, penalty=0.1, 
         opt_d.zero_grad()
         disc_loss.backward()
         opt_d.step()
+        disc.requires_grad_(False)  # only the translator learns from this pass
         d_fake = disc(torch.cat([disc_input(real), disc_input(fake)]))[batch_size:]
         adv_loss = F.softplus(-d_fake).mean()
         size = gain.abs().mean() + 10.0 * offset.abs().mean()
         opt_t.zero_grad()
         (adv_loss + penalty * size).backward()
         opt_t.step()
+        disc.requires_grad_(True)
         with torch.no_grad():
             for kept, live in zip(average.parameters(), translator.parameters()):
                 kept.mul_(ema_decay).add_(live, alpha=1.0 - ema_decay)
@@ -243,7 +274,7 @@ def translate_images(translator, images, *, batch_size=64):
     translator : `torch.nn.Module`
         From `train_translation` or `load_translator`.
     images : `~numpy.ndarray`
-        uint8 (N, H, W, 3), sides multiples of 8.
+        uint8 (N, H, H, 3), H a multiple of 8.
     batch_size : int, optional
         Images per forward pass.
 
@@ -265,7 +296,15 @@ def translate_images(translator, images, *, batch_size=64):
 
 
 def save_translator(translator, path):
-    """Write a translator's weights and shape to ``path`` (a ``.pt`` file of tensors)."""
+    """Write a translator's weights and shape to a ``.pt`` file of tensors.
+
+    Parameters
+    ----------
+    translator : `torch.nn.Module`
+        From `train_translation` or `load_translator`.
+    path : str or `~pathlib.Path`
+        The file to write.
+    """
     import torch
 
     torch.save({"state_dict": translator.state_dict(),
@@ -273,7 +312,19 @@ def save_translator(translator, path):
 
 
 def load_translator(path):
-    """Read a translator written by `save_translator` (``weights_only=True``: no pickled code)."""
+    """Read a translator written by `save_translator`.
+
+    Parameters
+    ----------
+    path : str or `~pathlib.Path`
+        A file from `save_translator`; read with ``torch.load(...,
+        weights_only=True)``, so it cannot run code.
+
+    Returns
+    -------
+    translator : `torch.nn.Module`
+        In evaluation mode.
+    """
     import torch
 
     saved = torch.load(path, map_location="cpu", weights_only=True)

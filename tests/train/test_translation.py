@@ -50,25 +50,47 @@ def test_translator_learns_a_coarse_colour_difference():
 
 def test_training_is_seeded_and_the_weights_round_trip(tmp_path):
     sim, real = _smooth_images(16, 16, seed=4), _smooth_images(16, 16, seed=5)
-    a = train_translation(sim, real, iterations=20, seed=7, threads=1)
-    b = train_translation(sim, real, iterations=20, seed=7, threads=1)
-    np.testing.assert_array_equal(translate_images(a.translator, sim),
-                                  translate_images(b.translator, sim))
+    threads, state = torch.get_num_threads(), torch.random.get_rng_state()
+    a = train_translation(sim, real, iterations=20, seed=7, ema_decay=0.0, threads=1)
+    # the caller's torch state is left as it was
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = train_translation(sim, real, iterations=20, seed=7, ema_decay=0.0, threads=1)
+    c = train_translation(sim, real, iterations=20, seed=8, ema_decay=0.0, threads=1)
+    out_a = translate_images(a.translator, sim)
+    assert not np.array_equal(out_a, sim)  # 20 iterations moved it off the identity
+    np.testing.assert_array_equal(translate_images(b.translator, sim), out_a)
+    assert not np.array_equal(translate_images(c.translator, sim), out_a)
     save_translator(a.translator, tmp_path / "translator.pt")
     back = load_translator(tmp_path / "translator.pt")
-    np.testing.assert_array_equal(translate_images(back, sim), translate_images(a.translator, sim))
+    saved, loaded = a.translator.state_dict(), back.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    np.testing.assert_array_equal(translate_images(back, sim), out_a)
 
 
 @pytest.mark.parametrize(("images", "match"), [
     (np.zeros((2, 32, 32, 3), dtype=np.float32), "must be uint8"),
     (np.zeros((2, 32, 32), dtype=np.uint8), "must be uint8"),
-    (np.zeros((2, 30, 32, 3), dtype=np.uint8), "multiple of 8"),
+    (np.zeros((2, 30, 32, 3), dtype=np.uint8), "must be square"),
+    (np.zeros((2, 36, 36, 3), dtype=np.uint8), "multiple of 8"),
+    (np.zeros((0, 32, 32, 3), dtype=np.uint8), "is empty"),
 ])
 def test_bad_images_are_refused(images, match):
     with pytest.raises(ValueError, match=match):
         translate_images(_make_translator(), images)
     with pytest.raises(ValueError, match=match):
         train_translation(images, np.zeros((2, 32, 32, 3), dtype=np.uint8), iterations=1)
+
+
+def test_bad_training_arguments_are_refused():
+    good = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="must have one size"):
+        train_translation(good, np.zeros((2, 64, 64, 3), dtype=np.uint8), iterations=1)
+    with pytest.raises(ValueError, match="must be positive"):
+        train_translation(good, good, iterations=0)
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        train_translation(good, good, iterations=1, ema_decay=1.0)
 
 
 def test_benchmark_halves_and_jpeg_resave(load_benchmark):
