@@ -221,6 +221,13 @@ _BORDER[16:-16, 16:-16] = False
 _RHALF_ORDER = np.argsort(_R.ravel(), kind="stable")
 
 
+def statistics_matrix(images):
+    """`summary_statistics` of every image: the statistic names and an (N, K) array."""
+    rows = [summary_statistics(im) for im in images]
+    names = list(rows[0])
+    return names, np.array([[r[n] for n in names] for r in rows])
+
+
 def _clipped(values, nsigma=3.0, iters=5):
     v = values
     for _ in range(iters):
@@ -598,9 +605,7 @@ def main(argv=None):
         np.median(lab["real"]), lab["real"].std(), np.median(lab["sim"]), lab["sim"].std()))
 
     t0 = time.perf_counter()
-    rows = [summary_statistics(im) for im in np.concatenate([real, sim])]
-    names = list(rows[0])
-    X = np.array([[r[n] for n in names] for r in rows])
+    names, X = statistics_matrix(np.concatenate([real, sim]))
     y = np.r_[np.zeros(len(real)), np.ones(len(sim))].astype(int)
     X_real, X_sim = X[y == 0], X[y == 1]
     timings["statistics_s"] = time.perf_counter() - t0

@@ -28,8 +28,8 @@ Run::
 
 Writes ``sim_translation.json``, ``translator.pt`` (`~astro_metallicity.train.translation.
 load_translator` reads it back) and ``montage.png`` (eight test cutouts untranslated, the
-same translated, and eight of half B) to the output directory (default: a new temporary directory, printed). About 15 minutes on two
-CPU cores with the defaults.
+same translated, and eight of half B) to the output directory (default: a new temporary
+directory, printed). About 10 minutes on two CPU cores with the defaults.
 """
 
 import argparse
@@ -69,9 +69,7 @@ def two_sample(real, sim, args, log):
     pixels = np.concatenate([real, sim])
     y = np.r_[np.zeros(len(real)), np.ones(len(sim))].astype(int)
     folds = realism._folds(y, args.cv_seed)
-    rows = [realism.summary_statistics(im) for im in pixels]
-    names = list(rows[0])
-    X = np.array([[r[n] for n in names] for r in rows])
+    _, X = realism.statistics_matrix(pixels)
     stats = realism.stats_test(X, y, folds, args.cv_seed)
     cnn = realism.cnn_test(pixels, y, folds, args.cv_seed, args.epochs, args.threads,
                            log=lambda m: None)

@@ -75,10 +75,14 @@ def _make_translator(channels=32, reduce=4):
             return gain, offset
 
         def forward(self, x):
-            gain, offset = self.fields(x)
-            return (x * torch.exp(gain) + offset).clamp(0.0, 1.0)
+            return _apply_fields(x, *self.fields(x))
 
     return ImageTranslator()
+
+
+def _apply_fields(x, gain, offset):
+    """The translated images: ``x * exp(gain) + offset``, kept within [0, 1]."""
+    return (x * gain.exp() + offset).clamp(0.0, 1.0)
 
 
 def _make_discriminator():
@@ -227,18 +231,18 @@ def _train(sim_images, real_images, iterations, penalty, batch_size, lr, disc_lr
 
     history = []
     for it in range(1, iterations + 1):
-        sim, real = batch(sim_images), batch(real_images)
+        sim, real = batch(sim_images), disc_input(batch(real_images))
         gain, offset = translator.fields(sim)
-        fake = (sim * torch.exp(gain) + offset).clamp(0.0, 1.0)
+        fake = _apply_fields(sim, gain, offset)
         # real and translated in one batch, so BatchNorm sees both kinds
-        logits = disc(torch.cat([disc_input(real), disc_input(fake.detach())]))
+        logits = disc(torch.cat([real, disc_input(fake.detach())]))
         d_real, d_fake = logits[:batch_size], logits[batch_size:]
         disc_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
         opt_d.zero_grad()
         disc_loss.backward()
         opt_d.step()
         disc.requires_grad_(False)  # only the translator learns from this pass
-        d_fake = disc(torch.cat([disc_input(real), disc_input(fake)]))[batch_size:]
+        d_fake = disc(torch.cat([real, disc_input(fake)]))[batch_size:]
         adv_loss = F.softplus(-d_fake).mean()
         size = gain.abs().mean() + 10.0 * offset.abs().mean()
         opt_t.zero_grad()
