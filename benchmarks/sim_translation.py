@@ -26,6 +26,9 @@ Run::
 
     OMP_NUM_THREADS=1 python benchmarks/sim_translation.py [--quick] [--output-dir DIR]
 
+(``--noise-channels N`` gives the translator N noise maps to paint random structure
+with; see `~astro_metallicity.train.translation.train_translation`.)
+
 Writes ``sim_translation.json``, ``translator.pt`` (`~astro_metallicity.train.translation.
 load_translator` reads it back) and ``montage.png`` (eight test cutouts untranslated, the
 same translated, and eight of half B) to the output directory (default: a new temporary
@@ -101,6 +104,8 @@ def main(argv=None):
     parser.add_argument("--penalty", type=float, default=0.1,
                         help="weight of the L1 penalty on gain and offset (default 0.1)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--noise-channels", type=int, default=0,
+                        help="noise maps given to the translator (default 0: deterministic)")
     parser.add_argument("--translator-seed", type=int, default=0,
                         help="seed of the translator's training (default 0)")
     parser.add_argument("--epochs", type=int, default=15, help="epochs of the CNN test")
@@ -144,6 +149,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     result = train_translation(sim_train, real[half_a], iterations=args.iterations,
                                penalty=args.penalty, batch_size=args.batch_size,
+                               noise_channels=args.noise_channels,
                                seed=args.translator_seed, threads=args.threads,
                                log_every=max(args.iterations // 10, 1), log=log)
     timings["train_s"] = time.perf_counter() - t0

@@ -12,9 +12,11 @@ it, and an L1 penalty on ``gain`` and ``offset`` keeps the change small. It
 starts as the identity. Because the field is smooth (one value per 4 x 4 px,
 interpolated), the translator can change the coarse distribution of light and
 colour, which is where the realism benchmark finds most of the difference
-(docs: *Realism of the simulated sky*), but cannot paint structure in. Labels are
-never used: the metallicity of a simulated galaxy stays what the simulation
-says.
+(docs: *Realism of the simulated sky*). As a function of the cutout alone it
+cannot place structure (patches, clumps) that a smooth simulated galaxy gives
+no hint of; with ``noise_channels`` it is also given random maps to place it
+by (on the realism benchmark this did not help). Labels are never used: the
+metallicity of a simulated galaxy stays what the simulation says.
 
 `train_translation` trains it, `translate_images` applies it to uint8 cutouts,
 `save_translator` and `load_translator` store it (``torch.load(...,
@@ -34,7 +36,7 @@ __all__ = ["TranslationResult", "load_translator", "save_translator", "train_tra
 _OFFSET_SCALE = 0.05
 
 
-def _make_translator(channels=32, reduce=4):
+def _make_translator(channels=32, reduce=4, noise_channels=0):
     """The translator network (identity at initialisation)."""
     import torch
     import torch.nn.functional as F
@@ -47,7 +49,9 @@ def _make_translator(channels=32, reduce=4):
             super().__init__()
             self.reduce = reduce
             self.channels = channels
-            self.inp = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU())
+            self.noise_channels = noise_channels
+            self.inp = nn.Sequential(nn.Conv2d(3 + noise_channels, channels, 3, padding=1),
+                                     nn.ReLU())
             self.blocks = nn.ModuleList(
                 nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
                               nn.Conv2d(channels, channels, 3, padding=1)) for _ in range(4))
@@ -57,9 +61,15 @@ def _make_translator(channels=32, reduce=4):
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
 
-        def fields(self, x):
+        def fields(self, x, generator=None):
             """``gain`` and ``offset`` at full resolution for images ``x`` in [0, 1]."""
             small = F.avg_pool2d(x, self.reduce)
+            if self.noise_channels:
+                # random maps let it paint structure the smooth input lacks (a deterministic
+                # function of a smooth, symmetric galaxy stays smooth and symmetric)
+                noise = torch.randn((len(x), self.noise_channels, *small.shape[-2:]),
+                                    generator=generator, dtype=x.dtype)
+                small = torch.cat([small, noise], 1)
             h = self.inp(small)
             for block in self.blocks[:2]:
                 h = F.relu(h + block(h))
@@ -74,8 +84,8 @@ def _make_translator(channels=32, reduce=4):
                                    align_corners=False)
             return gain, offset
 
-        def forward(self, x):
-            return _apply_fields(x, *self.fields(x))
+        def forward(self, x, generator=None):
+            return _apply_fields(x, *self.fields(x, generator))
 
     return ImageTranslator()
 
@@ -138,8 +148,8 @@ class TranslationResult:
 
 
 def train_translation(sim_images, real_images, *, iterations=2000, penalty=0.1, batch_size=16,
-                      lr=2e-4, disc_lr=1e-3, ema_decay=0.995, seed=0, threads=None, log_every=100,
-                      log=None):
+                      lr=2e-4, disc_lr=1e-3, ema_decay=0.995, noise_channels=0, seed=0,
+                      threads=None, log_every=100, log=None):
     """Train a gain-and-offset translator from simulated to real cutouts.
 
     Parameters
@@ -164,6 +174,11 @@ def train_translation(sim_images, real_images, *, iterations=2000, penalty=0.1, 
         over the iterations with this decay, in [0, 1) (0: the last iterate). A
         GAN's last iterate can swing far from where it was a few hundred
         iterations before; the average is meant to be steadier (not measured).
+    noise_channels : int, optional
+        Maps of Gaussian noise (at the field's resolution) given to the
+        translator with each cutout, so that it can paint random structure
+        (colour patches, clumps) into smooth simulated galaxies; 0 (default):
+        a deterministic translation.
     seed : int, optional
         Seeds initialisation, sampling and augmentation (torch's global random
         state is restored afterwards).
@@ -201,18 +216,19 @@ def train_translation(sim_images, real_images, *, iterations=2000, penalty=0.1, 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return _train(sim_images, real_images, iterations, penalty, batch_size, lr, disc_lr,
-                          ema_decay, np.random.default_rng(seed), log_every, log)
+                          ema_decay, noise_channels, np.random.default_rng(seed), log_every,
+                          log)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(sim_images, real_images, iterations, penalty, batch_size, lr, disc_lr, ema_decay, rng,
-           log_every, log):
+def _train(sim_images, real_images, iterations, penalty, batch_size, lr, disc_lr, ema_decay,
+           noise_channels, rng, log_every, log):
     """The training loop of `train_translation` (arguments checked there)."""
     import torch
     import torch.nn.functional as F
 
-    translator, disc = _make_translator(), _make_discriminator()
+    translator, disc = _make_translator(noise_channels=noise_channels), _make_discriminator()
     opt_t = torch.optim.Adam(translator.parameters(), lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), disc_lr, betas=(0.5, 0.999))
     translator.train()
@@ -270,7 +286,7 @@ def _train(sim_images, real_images, iterations, penalty, batch_size, lr, disc_lr
     return TranslationResult(average, history)
 
 
-def translate_images(translator, images, *, batch_size=64):
+def translate_images(translator, images, *, batch_size=64, seed=0):
     """Apply a translator to uint8 colour cutouts.
 
     Parameters
@@ -281,6 +297,9 @@ def translate_images(translator, images, *, batch_size=64):
         uint8 (N, H, H, 3), H a multiple of 8.
     batch_size : int, optional
         Images per forward pass.
+    seed : int, optional
+        Seeds the noise maps of a translator trained with ``noise_channels``
+        (the same seed, the same output).
 
     Returns
     -------
@@ -292,9 +311,10 @@ def translate_images(translator, images, *, batch_size=64):
     images = _check_images(images, "images")
     out = np.empty_like(images)
     translator.eval()
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            y = translator(_as_tensor(images[start:start + batch_size]))
+            y = translator(_as_tensor(images[start:start + batch_size]), generator)
             out[start:start + batch_size] = (y.permute(0, 2, 3, 1).numpy() * 255.0).round()
     return out
 
@@ -312,7 +332,8 @@ def save_translator(translator, path):
     import torch
 
     torch.save({"state_dict": translator.state_dict(),
-                "config": {"channels": translator.channels, "reduce": translator.reduce}}, path)
+                "config": {"channels": translator.channels, "reduce": translator.reduce,
+                           "noise_channels": translator.noise_channels}}, path)
 
 
 def load_translator(path):

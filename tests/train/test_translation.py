@@ -103,3 +103,31 @@ def test_benchmark_halves_and_jpeg_resave(load_benchmark):
     again = bench.resave_jpeg(images)
     assert again.shape == images.shape and again.dtype == np.uint8
     assert np.abs(again.astype(int) - images.astype(int)).mean() < 2.0  # smooth images survive
+
+
+
+def test_noise_lets_the_translator_vary_identical_inputs(tmp_path):
+    # A deterministic translator maps identical inputs to identical outputs; one given noise
+    # maps can paint different structure into each copy, reproducibly for one seed. The
+    # output layer is set by hand (it starts at zero): a GAN's few first steps are too
+    # erratic to show this reliably.
+    sim = np.repeat(_smooth_images(1, 32, seed=6), 8, axis=0)
+    plain, noisy = _make_translator(), _make_translator(noise_channels=2)
+    np.testing.assert_array_equal(translate_images(noisy, sim), sim)  # identity at start
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for net in (plain, noisy):
+            torch.nn.init.normal_(net.out.weight, std=0.05)
+    out_plain = translate_images(plain, sim).astype(int)
+    assert np.ptp(out_plain, axis=0).max() == 0  # every copy changed alike
+    assert np.abs(out_plain[0] - sim[0]).max() > 2  # ... but changed
+    out = translate_images(noisy, sim, seed=0)
+    assert np.ptp(out.astype(int), axis=0).max() > 2  # copies differ by > 2 levels somewhere
+    np.testing.assert_array_equal(translate_images(noisy, sim, seed=0), out)
+    assert not np.array_equal(translate_images(noisy, sim, seed=1), out)
+    save_translator(noisy, tmp_path / "noisy.pt")
+    back = load_translator(tmp_path / "noisy.pt")
+    assert back.noise_channels == 2
+    np.testing.assert_array_equal(translate_images(back, sim, seed=0), out)
+    trained = train_translation(sim, sim, iterations=2, noise_channels=3, threads=1)
+    assert trained.translator.noise_channels == 3
