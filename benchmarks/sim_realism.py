@@ -35,8 +35,11 @@ px), to find which part and which scale give the simulation away.
 Prints both AUCs (pooled out-of-fold, and the mean and standard deviation over
 folds), the statistics ranked by how well each alone separates real from
 simulated (single-feature AUC), medians of four statistics by measured axis ratio, and
-the run time. Writes ``montage.png``,
-``histograms.png`` and ``sim_realism.json`` to the output directory (default: a
+the run time. Writes ``montage.png``, ``cnn_extremes.png`` (the simulated
+cutouts the CNN takes for real and those it finds most obvious, and the same for
+the real ones, by its out-of-fold scores), ``histograms.png`` and
+``sim_realism.json`` (with every cutout's CNN score and the objIDs of both sets,
+to look the telling ones up in the catalogues) to the output directory (default: a
 new temporary directory, printed).
 """
 
@@ -449,7 +452,9 @@ def cnn_test(images, y, folds, seed, epochs, threads, batch=32, log=print):
             views = (xe, xe.flip(3), xe.flip(2), xe.flip(2).flip(3))
             oof[te] = torch.stack([torch.sigmoid(net(v).squeeze(1)) for v in views]).mean(0).numpy()
         log(f"  CNN fold {f + 1}/{len(folds)} done (last batch loss {loss.item():.3f})")
-    return _auc_report(y, oof, folds)
+    report = _auc_report(y, oof, folds)
+    report["scores"] = [float(v) for v in oof]  # per cutout, in input order
+    return report
 
 
 def block_average(images, n):
@@ -512,6 +517,47 @@ def montage(path, real, oh_real, sim, oh_sim, n=24, cols=6):
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93, wspace=0.04, hspace=0.04)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cnn_extremes(scores, n_real, n=8):
+    """The cutouts the CNN finds most and least real, from its out-of-fold scores.
+
+    ``scores`` are the CNN's probabilities of "simulated", the ``n_real`` real
+    cutouts first. Returns a dict of index arrays (into the real or the simulated
+    set), ``n`` each, the most telling first: ``sim_most_real`` (simulated ones
+    it takes for real), ``sim_most_simulated``, ``real_most_simulated`` and
+    ``real_most_real``.
+    """
+    scores = np.asarray(scores, dtype=float)
+    real, sim = scores[:n_real], scores[n_real:]
+    return {"sim_most_real": np.argsort(sim, kind="stable")[:n],
+            "sim_most_simulated": np.argsort(-sim, kind="stable")[:n],
+            "real_most_simulated": np.argsort(-real, kind="stable")[:n],
+            "real_most_real": np.argsort(real, kind="stable")[:n]}
+
+
+def extremes_montage(path, real, sim, scores, n=8):
+    """Four rows of ``n`` cutouts picked by `cnn_extremes`, each with its CNN score."""
+    import matplotlib.pyplot as plt
+
+    picks = cnn_extremes(scores, len(real), n)
+    scores = np.asarray(scores, dtype=float)
+    rows = [("simulated, taken for real", sim, scores[len(real):], picks["sim_most_real"]),
+            ("simulated, most obvious", sim, scores[len(real):], picks["sim_most_simulated"]),
+            ("real, taken for simulated", real, scores[:len(real)], picks["real_most_simulated"]),
+            ("real, most obvious", real, scores[:len(real)], picks["real_most_real"])]
+    fig, axes = plt.subplots(len(rows), n, figsize=(n, len(rows) * 1.15 + 0.2), squeeze=False)
+    for r, (title, imgs, sc, index) in enumerate(rows):
+        for k, j in enumerate(index):
+            axes[r, k].imshow(imgs[j])
+            axes[r, k].text(2, 12, f"{sc[j]:.2f}", color="w", fontsize=6)
+        axes[r, 0].set_title(f"{title} (CNN score: probability of simulated)", fontsize=7,
+                             loc="left")
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.04, hspace=0.25)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -657,6 +703,10 @@ def main(argv=None):
     timings["cnn_test_s"] = time.perf_counter() - t0
     log(f"CNN test: AUC {cnn['auc']:.3f} (folds {cnn['fold_mean']:.3f} +/- {cnn['fold_std']:.3f}); "
         f"{timings['cnn_test_s']:.1f} s")
+    cnn_real, cnn_sim = np.array(cnn["scores"][:len(real)]), np.array(cnn["scores"][len(real):])
+    log(f"  simulated cutouts scored below the median real one: "
+        f"{int((cnn_sim < np.median(cnn_real)).sum())} of {len(sim)}; real ones above the "
+        f"median simulated one: {int((cnn_real > np.median(cnn_sim)).sum())} of {len(real)}")
 
     by_shape = by_axis_ratio(names, X_real, X_sim)
     log("\nmedians by measured axis ratio (real / simulated; counts first)")
@@ -672,6 +722,7 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     montage(out_dir / "montage.png", real, oh_real, sim, oh_sim)
+    extremes_montage(out_dir / "cnn_extremes.png", real, sim, cnn["scores"])
     histograms(out_dir / "histograms.png", names, X_real, X_sim, table)
     timings["figures_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
@@ -685,6 +736,7 @@ def main(argv=None):
                    for k, v in lab.items()},
         "real_jpeg": real_jpeg, "sim_info": sim_info, "timings_s": timings,
         "real_folder": str(folder), "python": sys.version.split()[0],
+        "real_ids": [str(i) for i in real_ids], "sim_objids": [int(i) for i in sim_ids],
     }
     (out_dir / "sim_realism.json").write_text(json.dumps(result, indent=1))
     log(f"\nCNN AUC {cnn['auc']:.3f} +/- {cnn['fold_std']:.3f}; statistics AUC {stats['auc']:.3f} "

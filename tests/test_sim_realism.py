@@ -42,3 +42,16 @@ def test_by_axis_ratio_bins_and_medians(realism):
     assert rows[1]["medians"]["r_half"] == [None, None]  # two finite values are too few
     assert rows[1]["medians"]["G_mean_c32"] == [pytest.approx(5.0), None]
     assert realism._fmt(15.0) == "15.0" and realism._fmt(None) == "-"
+
+
+def test_cnn_extremes_pick_the_telling_cutouts(realism, tmp_path):
+    # three real cutouts then four simulated ones, scored as probabilities of "simulated"
+    scores = [0.9, 0.1, 0.5, 0.2, 0.95, 0.6, 0.99]
+    picks = realism.cnn_extremes(scores, n_real=3, n=2)
+    assert picks["sim_most_real"].tolist() == [0, 2]  # 0.2, then 0.6
+    assert picks["sim_most_simulated"].tolist() == [3, 1]  # 0.99, then 0.95
+    assert picks["real_most_simulated"].tolist() == [0, 2]  # 0.9, then 0.5
+    assert picks["real_most_real"].tolist() == [1, 2]
+    images = np.zeros((7, 16, 16, 3), dtype=np.uint8)
+    realism.extremes_montage(tmp_path / "x.png", images[:3], images[3:], scores, n=2)
+    assert (tmp_path / "x.png").stat().st_size > 0
