@@ -299,7 +299,7 @@ def translate_images(translator, images, *, batch_size=64, seed=0):
         Images per forward pass.
     seed : int, optional
         Seeds the noise maps of a translator trained with ``noise_channels``
-        (the same seed, the same output).
+        (the same seed and ``batch_size``, the same output).
 
     Returns
     -------
