@@ -34,8 +34,8 @@ px), to find which part and which scale give the simulation away.
 
 Prints both AUCs (pooled out-of-fold, and the mean and standard deviation over
 folds), the statistics ranked by how well each alone separates real from
-simulated (single-feature AUC), medians of four statistics by measured axis ratio, and
-the run time. Writes ``montage.png``, ``cnn_extremes.png`` (the simulated
+simulated (single-feature AUC), how far the CNN's scores of the two sets overlap,
+medians of four statistics by measured axis ratio, and the run time. Writes ``montage.png``, ``cnn_extremes.png`` (the simulated
 cutouts the CNN takes for real and those it finds most obvious, and the same for
 the real ones, by its out-of-fold scores), ``histograms.png`` and
 ``sim_realism.json`` (with every cutout's CNN score and the objIDs of both sets,
@@ -736,7 +736,8 @@ def main(argv=None):
                    for k, v in lab.items()},
         "real_jpeg": real_jpeg, "sim_info": sim_info, "timings_s": timings,
         "real_folder": str(folder), "python": sys.version.split()[0],
-        "real_ids": [str(i) for i in real_ids], "sim_objids": [int(i) for i in sim_ids],
+        # strings: SDSS objIDs exceed 2**53, where JSON readers outside Python round them
+        "real_objids": [str(i) for i in real_ids], "sim_objids": [str(i) for i in sim_ids],
     }
     (out_dir / "sim_realism.json").write_text(json.dumps(result, indent=1))
     log(f"\nCNN AUC {cnn['auc']:.3f} +/- {cnn['fold_std']:.3f}; statistics AUC {stats['auc']:.3f} "

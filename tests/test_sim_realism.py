@@ -55,3 +55,18 @@ def test_cnn_extremes_pick_the_telling_cutouts(realism, tmp_path):
     images = np.zeros((7, 16, 16, 3), dtype=np.uint8)
     realism.extremes_montage(tmp_path / "x.png", images[:3], images[3:], scores, n=2)
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_cnn_test_scores_every_cutout_in_input_order(realism):
+    # bright images are "simulated": a CNN tells them apart at once, and the scores
+    # come back one per cutout, in the order given
+    rng = np.random.default_rng(3)
+    dark = rng.integers(0, 40, (10, 32, 32, 3)).astype(np.uint8)
+    bright = rng.integers(180, 255, (10, 32, 32, 3)).astype(np.uint8)
+    images = np.concatenate([dark, bright])
+    y = np.r_[np.zeros(10), np.ones(10)].astype(int)
+    report = realism.cnn_test(images, y, realism._folds(y, 0), 0, 3, 1, log=lambda m: None)
+    assert len(report["scores"]) == len(y)
+    scores = np.array(report["scores"])
+    assert report["auc"] > 0.9
+    assert scores[10:].mean() > scores[:10].mean()

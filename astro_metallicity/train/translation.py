@@ -68,7 +68,7 @@ def _make_translator(channels=32, reduce=4, noise_channels=0):
                 # random maps let it paint structure the smooth input lacks (a deterministic
                 # function of a smooth, symmetric galaxy stays smooth and symmetric)
                 noise = torch.randn((len(x), self.noise_channels, *small.shape[-2:]),
-                                    generator=generator, dtype=x.dtype)
+                                    generator=generator, dtype=x.dtype).to(x.device)
                 small = torch.cat([small, noise], 1)
             h = self.inp(small)
             for block in self.blocks[:2]:
@@ -209,6 +209,10 @@ def train_translation(sim_images, real_images, *, iterations=2000, penalty=0.1, 
     if not 0.0 <= ema_decay < 1.0:
         msg = f"ema_decay must be in [0, 1), got {ema_decay}"
         raise ValueError(msg)
+    if int(noise_channels) != noise_channels or noise_channels < 0:
+        msg = f"noise_channels must be a whole number >= 0, got {noise_channels}"
+        raise ValueError(msg)
+    noise_channels = int(noise_channels)
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))

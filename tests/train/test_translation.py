@@ -91,6 +91,23 @@ def test_bad_training_arguments_are_refused():
         train_translation(good, good, iterations=0)
     with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
         train_translation(good, good, iterations=1, ema_decay=1.0)
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match="noise_channels must be a whole number >= 0"):
+            train_translation(good, good, iterations=1, noise_channels=bad)
+
+
+def test_translator_files_from_before_noise_maps_still_load(tmp_path):
+    # files written before noise_channels existed carry only channels and reduce
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        old = _make_translator()
+        torch.nn.init.normal_(old.out.weight, std=0.05)
+    torch.save({"state_dict": old.state_dict(), "config": {"channels": 32, "reduce": 4}},
+               tmp_path / "old.pt")
+    back = load_translator(tmp_path / "old.pt")
+    assert back.noise_channels == 0
+    images = _smooth_images(3, 16, seed=9)
+    np.testing.assert_array_equal(translate_images(back, images), translate_images(old, images))
 
 
 def test_benchmark_halves_and_jpeg_resave(load_benchmark):
@@ -105,17 +122,16 @@ def test_benchmark_halves_and_jpeg_resave(load_benchmark):
     assert np.abs(again.astype(int) - images.astype(int)).mean() < 2.0  # smooth images survive
 
 
-
 def test_noise_lets_the_translator_vary_identical_inputs(tmp_path):
     # A deterministic translator maps identical inputs to identical outputs; one given noise
     # maps can paint different structure into each copy, reproducibly for one seed. The
     # output layer is set by hand (it starts at zero): a GAN's few first steps are too
     # erratic to show this reliably.
     sim = np.repeat(_smooth_images(1, 32, seed=6), 8, axis=0)
-    plain, noisy = _make_translator(), _make_translator(noise_channels=2)
-    np.testing.assert_array_equal(translate_images(noisy, sim), sim)  # identity at start
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
+        plain, noisy = _make_translator(), _make_translator(noise_channels=2)
+        np.testing.assert_array_equal(translate_images(noisy, sim), sim)  # identity at start
         for net in (plain, noisy):
             torch.nn.init.normal_(net.out.weight, std=0.05)
     out_plain = translate_images(plain, sim).astype(int)
