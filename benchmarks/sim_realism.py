@@ -544,10 +544,11 @@ def extremes_montage(path, real, sim, scores, n=8):
 
     picks = cnn_extremes(scores, len(real), n)
     scores = np.asarray(scores, dtype=float)
-    rows = [("simulated, taken for real", sim, scores[len(real):], picks["sim_most_real"]),
-            ("simulated, most obvious", sim, scores[len(real):], picks["sim_most_simulated"]),
-            ("real, taken for simulated", real, scores[:len(real)], picks["real_most_simulated"]),
-            ("real, most obvious", real, scores[:len(real)], picks["real_most_real"])]
+    real_scores, sim_scores = scores[:len(real)], scores[len(real):]
+    rows = [("simulated, taken for real", sim, sim_scores, picks["sim_most_real"]),
+            ("simulated, most obvious", sim, sim_scores, picks["sim_most_simulated"]),
+            ("real, taken for simulated", real, real_scores, picks["real_most_simulated"]),
+            ("real, most obvious", real, real_scores, picks["real_most_real"])]
     fig, axes = plt.subplots(len(rows), n, figsize=(n, len(rows) * 1.15 + 0.2), squeeze=False)
     for r, (title, imgs, sc, index) in enumerate(rows):
         for k, j in enumerate(index):
