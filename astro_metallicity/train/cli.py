@@ -16,6 +16,12 @@ Fine-tune the bundled model on a folder of JPEGs with a labels CSV::
     astro-metallicity train --images cutouts/ --labels labels.csv \\
         --init-from bundled --output tuned_model
 
+Pretrain on a simulated store while aligning its features with a folder of
+unlabelled real cutouts (domain-adversarial training)::
+
+    astro-metallicity train --data sim.h5 --domain-images real_cutouts/ \
+        --domain-weight 1 --output sim_dann
+
 Evaluate a model on a store, with baselines fitted on another::
 
     astro-metallicity evaluate --model tuned_model.pt --data test.h5 --train train.h5 \\
@@ -30,6 +36,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 __all__ = ["evaluate", "main", "train"]
 
@@ -71,6 +79,12 @@ def _train_parser(parser=None):
             ("--seed", int, 0, "seed of initialisation, shuffling and augmentation")):
         settings.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
     settings.add_argument("--device", default=None, help="default conf.device")
+    settings.add_argument("--domain-images",
+                          help="folder of unlabelled JPEG/PNG cutouts of the domain the model "
+                               "will meet, the size of the training cutouts: domain-adversarial "
+                               "training (DANN) against them")
+    settings.add_argument("--domain-weight", type=float, default=1.0,
+                          help="final gradient reversal scale with --domain-images (default 1)")
     p.add_argument("--checkpoint-dir", help="resumable checkpoints (default: <output>_ckpt)")
     p.add_argument("--figures", help="folder for evaluation figures")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads")
@@ -107,6 +121,27 @@ def _load_data(args):
                      + (" or --query-catalog --store STORE.h5" if hasattr(args, "store") else ""))
 
 
+def _folder_images(folder):
+    """Every JPEG/PNG image in ``folder`` (sorted by name) as ``(N, H, W, 3)`` uint8."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SystemExit(f"--domain-images {folder} is not a folder")
+    files = sorted(f for f in folder.iterdir()
+                   if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise SystemExit(f"--domain-images {folder} holds no .jpg, .jpeg or .png file")
+    images = []
+    for file in files:
+        with Image.open(file) as im:
+            images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    shapes = sorted({im.shape for im in images})
+    if len(shapes) != 1:
+        raise SystemExit(f"--domain-images {folder}: images of different shapes {shapes}")
+    return np.stack(images)
+
+
 def train(argv=None):
     """Run ``astro-metallicity train`` with the given arguments. Returns an exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -135,7 +170,8 @@ def train(argv=None):
         config = TrainingConfig(outputs=outputs, arch=args.arch, input_size=args.input_size,
                                 epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr,
                                 weight_decay=args.weight_decay, patience=args.patience,
-                                seed=args.seed, device=args.device)
+                                seed=args.seed, device=args.device,
+                                domain_weight=args.domain_weight if args.domain_images else 0.0)
     except ValueError as exc:
         raise SystemExit(f"astro-metallicity train: {exc}") from None
     if args.query_catalog:
@@ -154,10 +190,17 @@ def train(argv=None):
     if init_from == "bundled":
         init_from = bundled_model_path()
     output = Path(args.output)
-    result = train_model(
-        train_set, val_set if len(val_set) else None, config, init_from=init_from,
-        checkpoint_dir=args.checkpoint_dir or output.with_name(output.name + "_ckpt"),
-        metadata={"provenance": {"command": "astro-metallicity train " + " ".join(argv)}})
+    domain_images = _folder_images(args.domain_images) if args.domain_images else None
+    try:
+        result = train_model(
+            train_set, val_set if len(val_set) else None, config, init_from=init_from,
+            checkpoint_dir=args.checkpoint_dir or output.with_name(output.name + "_ckpt"),
+            metadata={"provenance": {"command": "astro-metallicity train " + " ".join(argv)}},
+            domain_images=domain_images)
+    except ValueError as exc:
+        if domain_images is None:
+            raise
+        raise SystemExit(f"astro-metallicity train: {exc}") from None
     model = result.model
     if len(val_set):
         pred = model.predict(val_set.images)

@@ -41,6 +41,7 @@ from .._network import (
 )
 from ..logger import log
 from ..model import MetallicityModel, _member_names, load_model, save_model
+from ._domain import DomainAdversary
 from ._metrics import residual_metrics
 from .dataset import _as_cutouts
 
@@ -51,8 +52,10 @@ _BEST = "best"
 # Settings a checkpoint must share with the run resuming it, and the values of
 # those missing from checkpoints written before the fine-tuning options existed.
 _RESUME_KEYS = ("n_train", "epochs", "batch_size", "max_lr", "seed", "loss",
-                "backbone_lr_factor", "freeze_batchnorm", "anchor_strength")
-_RESUME_DEFAULTS = {"backbone_lr_factor": 1.0, "freeze_batchnorm": False, "anchor_strength": 0.0}
+                "backbone_lr_factor", "freeze_batchnorm", "anchor_strength", "domain_weight",
+                "n_domain")
+_RESUME_DEFAULTS = {"backbone_lr_factor": 1.0, "freeze_batchnorm": False, "anchor_strength": 0.0,
+                    "domain_weight": 0.0, "n_domain": 0}
 # Network settings that a model given as init_from fixes.
 _NETWORK_KEYS = ("arch", "input_size", "outputs")
 _NEW_NETWORK_DEFAULTS = {"arch": "resnet18", "input_size": 64,
@@ -110,6 +113,12 @@ class TrainingConfig:
         towards the pretrained ones, ``w -= lr * anchor_strength * (w - w_pretrained)``
         after each step (0 disables it). It limits how far fine-tuning drifts
         from what pretraining learned.
+    domain_weight : float
+        Domain-adversarial training (DANN, Ganin et al. 2016): with
+        ``domain_images`` given to `train_model`, the final scale of the
+        gradient reversal between the embedding and a classifier that tells
+        the training cutouts from those unlabelled images (0 disables it). Each
+        step then also draws ``batch_size // 2`` (at least 1) of those images.
     device : str, optional
         Torch device; default ``conf.device`` (``'auto'``: CUDA if available).
     num_workers : int
@@ -147,6 +156,7 @@ class TrainingConfig:
     backbone_lr_factor: float = 1.0
     freeze_batchnorm: bool = False
     anchor_strength: float = 0.0
+    domain_weight: float = 0.0
     device: str = None
     num_workers: int = 0
 
@@ -173,6 +183,10 @@ class TrainingConfig:
         if not 0 < self.backbone_lr_factor <= 1 or self.anchor_strength < 0:
             msg = (f"backbone_lr_factor must be in (0, 1] and anchor_strength >= 0, got "
                    f"{self.backbone_lr_factor} and {self.anchor_strength}")
+            raise ValueError(msg)
+        self.domain_weight = float(self.domain_weight)
+        if not self.domain_weight >= 0:
+            msg = f"domain_weight must be >= 0, got {self.domain_weight}"
             raise ValueError(msg)
         self.pct_start = float(self.pct_start)
         if not 0 < self.pct_start < 1:
@@ -446,6 +460,27 @@ def _starting_network(train, config, init_from):
     return build_network(arch, n_outputs=len(outputs)), meta
 
 
+def _domain_images(images, config, train):
+    """The checked target-domain images of a domain-adversarial run (None without one)."""
+    if images is None and not config.domain_weight:
+        return None
+    if images is None or not config.domain_weight:
+        msg = ("domain-adversarial training needs both domain_images and domain_weight > 0; "
+               f"got {'no' if images is None else len(images)} domain images and "
+               f"domain_weight={config.domain_weight}")
+        raise ValueError(msg)
+    images = getattr(images, "images", images)
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != train.images.shape[1:]:
+        msg = (f"domain_images must be uint8 of shape (N, {', '.join(map(str, train.images.shape[1:]))})"
+               f" like the training cutouts, got {images.dtype} {images.shape}")
+        raise ValueError(msg)
+    if len(images) == 0:
+        msg = "domain_images is empty"
+        raise ValueError(msg)
+    return images
+
+
 def _merge_metadata(meta, extra):
     """Merge user metadata entries into ``meta`` (dicts are updated, other values replaced)."""
     for key, value in (extra or {}).items():
@@ -478,7 +513,7 @@ def _optimisation(network, config, steps_per_epoch, device):
     return optimizer, scheduler, scaler, backbone, anchors
 
 
-def _stage_record(train, val, config, init_from, device):
+def _stage_record(train, val, config, init_from, device, n_domain=0):
     """The description of this training stage kept in the model metadata and the checkpoint."""
     stage = {"n_train": len(train), "n_val": 0 if val is None else len(val),
              "epochs": config.epochs, "batch_size": config.batch_size, "optimizer": "AdamW",
@@ -488,6 +523,9 @@ def _stage_record(train, val, config, init_from, device):
              "seed": config.seed, "patience": config.patience,
              "init_from": None if init_from is None
              else str(getattr(init_from, "path", init_from)), "device": device.type}
+    if config.domain_weight:
+        stage.update({"domain_weight": config.domain_weight, "n_domain": n_domain,
+                      "domain_adaptation": "DANN (gradient reversal, Ganin et al. 2016)"})
     if init_from is not None:
         stage.update({"backbone_lr_factor": config.backbone_lr_factor,
                       "freeze_batchnorm": bool(config.freeze_batchnorm),
@@ -509,7 +547,7 @@ class _RunState:
     start_epoch: int = 0
 
 
-def _resume(ckpt_path, stage, run, network, optimizer, scheduler, scaler):
+def _resume(ckpt_path, stage, run, network, optimizer, scheduler, scaler, adversary=None):
     """Load the checkpoint of an interrupted run into the objects of this one."""
     import torch
 
@@ -529,6 +567,8 @@ def _resume(ckpt_path, stage, run, network, optimizer, scheduler, scaler):
         if isinstance(values, list) and len(values) != len(optimizer.param_groups):
             setattr(scheduler, key, [values[-1]] * len(optimizer.param_groups))
     scaler.load_state_dict(ckpt["scaler"])
+    if adversary is not None:
+        adversary.load_state_dict(ckpt["domain_adversary"])
     run.best_state = ckpt["best_state"]
     run.history = json.loads(ckpt["history"])
     run.best_epoch, run.best_score = int(ckpt["best_epoch"]), float(ckpt["best_score"])
@@ -538,7 +578,8 @@ def _resume(ckpt_path, stage, run, network, optimizer, scheduler, scaler):
     log.info(f"Resuming training from {ckpt_path} at epoch {run.start_epoch}")
 
 
-def _save_checkpoint(ckpt_path, epoch, stage, run, network, optimizer, scheduler, scaler):
+def _save_checkpoint(ckpt_path, epoch, stage, run, network, optimizer, scheduler, scaler,
+                     adversary=None):
     import torch
 
     state = {
@@ -549,13 +590,17 @@ def _save_checkpoint(ckpt_path, epoch, stage, run, network, optimizer, scheduler
         "bad_epochs": run.bad_epochs, "stopped_early": run.stopped_early,
         "metadata": json.dumps(run.meta), "stage": json.dumps(stage),
     }
+    if adversary is not None:
+        state["domain_adversary"] = adversary.state_dict()
     tmp = ckpt_path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(ckpt_path)
 
 
-def _train_epoch(network, loader, meta, config, device, optimisation):
-    """One pass over the training set; returns the summed loss and the number of images."""
+def _train_epoch(network, loader, meta, config, device, optimisation, adversary=None,
+                 epoch=0):
+    """One pass over the training set; returns the summed loss and the number of images,
+    and with ``adversary`` the mean domain loss and classifier accuracy (else None)."""
     import torch
 
     optimizer, scheduler, scaler, backbone, anchors = optimisation
@@ -566,21 +611,40 @@ def _train_epoch(network, loader, meta, config, device, optimisation):
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
     total, count = 0.0, 0
+    domain = [0.0, 0.0, 0]  # summed loss, summed accuracy, steps
+    target_batches = adversary.batches(len(loader), epoch) if adversary is not None else None
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        n_source = len(images)
+        if adversary is not None:
+            # one forward pass over both, so BatchNorm normalises them together
+            images = torch.cat([images, next(target_batches).to(device)])
+            hook = adversary.capture()
         x = images_to_input(images, meta)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.float16,
                             enabled=device.type == "cuda"):
             out = network(x)
-        batch_loss = _loss_fn(out.float(), targets, n_out, config.loss)
+        batch_loss = _loss_fn(out[:n_source].float(), targets, n_out, config.loss)
+        loss = batch_loss
+        if adversary is not None:
+            hook.remove()
+            progress = scheduler.last_epoch / max(scheduler.total_steps, 1)
+            domain_loss, accuracy = adversary.loss(n_source, progress)
+            loss = batch_loss + domain_loss
+            adversary.optimizer.zero_grad(set_to_none=True)
+            domain[0] += float(domain_loss.detach())
+            domain[1] += accuracy
+            domain[2] += 1
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(batch_loss).backward()
+        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
         scaler.step(optimizer)
+        if adversary is not None:
+            scaler.step(adversary.optimizer)  # unscales its gradients on CUDA
         scaler.update()
         if anchors:
             lr_backbone = optimizer.param_groups[0]["lr"]
@@ -588,9 +652,12 @@ def _train_epoch(network, loader, meta, config, device, optimisation):
                 for p, p0 in zip(backbone, anchors, strict=True):
                     p.sub_(p - p0, alpha=lr_backbone * config.anchor_strength)
         scheduler.step()
-        total += float(batch_loss.detach()) * len(images)
-        count += len(images)
-    return total, count
+        total += float(batch_loss.detach()) * n_source
+        count += n_source
+    if adversary is None:
+        return total, count, None
+    return total, count, {"domain_loss": domain[0] / max(domain[2], 1),
+                          "domain_accuracy": domain[1] / max(domain[2], 1)}
 
 
 def _validation_metrics(network, val, meta, device):
@@ -607,7 +674,7 @@ def _validation_metrics(network, val, meta, device):
 
 
 def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=None,
-                resume=True, stop_after=None, metadata=None, **settings):
+                resume=True, stop_after=None, metadata=None, domain_images=None, **settings):
     """Train or fine-tune the metallicity network.
 
     Parameters
@@ -631,6 +698,11 @@ def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=
         Return after this many epochs in this call, as if interrupted (resume later).
     metadata : dict, optional
         Extra metadata entries (e.g. ``provenance``) merged into the model metadata.
+    domain_images : `~numpy.ndarray` or `~astro_metallicity.train.LabelledCutouts`, optional
+        Unlabelled images of the domain the network will meet (e.g. real SDSS
+        JPEGs when training on simulated cutouts), ``(N, H, W, 3)`` uint8 of the
+        training cutouts' size, for domain-adversarial training with
+        ``domain_weight`` > 0. Their labels, if any, are not used.
     **settings
         Fields of `TrainingConfig` (e.g. ``epochs=30``), applied on top of
         ``config``.
@@ -645,7 +717,8 @@ def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=
         If a setting is out of range, the training set is empty or lacks labels,
         ``init_from`` is given with an ``arch``, ``input_size`` or ``outputs``
         other than its own, ``anchor_strength`` is set without ``init_from``, or
-        the checkpoint in ``checkpoint_dir`` belongs to a run with other settings.
+        the checkpoint in ``checkpoint_dir`` belongs to a run with other settings,
+        or ``domain_images`` and ``domain_weight`` are not given together.
     TypeError
         If ``train`` or ``val`` is neither a `~astro_metallicity.train.LabelledCutouts`
         nor a path, ``config`` is not a `TrainingConfig`, or a setting is not one
@@ -672,6 +745,7 @@ def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=
             msg = (f"{', '.join(asked)} fine-tune a pretrained network and need init_from "
                    "(the model to start from)")
             raise ValueError(msg)
+    domain_images = _domain_images(domain_images, config, train)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
 
@@ -685,10 +759,17 @@ def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=
     network = network.to(device)
     if device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
-    dataset = _ArrayDataset(train.images, y_train,
-                            _training_transform(meta["input_size"], zoom=config.zoom))
+    transform = _training_transform(meta["input_size"], zoom=config.zoom)
+    dataset = _ArrayDataset(train.images, y_train, transform)
     optimisation = _optimisation(network, config, -(-len(dataset) // config.batch_size), device)
-    stage = _stage_record(train, val, config, init_from, device)
+    adversary = None
+    if domain_images is not None:
+        adversary = DomainAdversary(network, domain_images, transform,
+                                    weight=config.domain_weight,
+                                    batch_size=max(config.batch_size // 2, 1),
+                                    lr=config.max_lr, seed=config.seed, device=device)
+    stage = _stage_record(train, val, config, init_from, device,
+                          n_domain=0 if domain_images is None else len(domain_images))
     run = _RunState(meta=meta, best_state=copy.deepcopy(network.state_dict()))
     ckpt_path = None
     if checkpoint_dir is not None:
@@ -696,7 +777,7 @@ def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = checkpoint_dir / _CHECKPOINT
         if resume and ckpt_path.is_file():
-            _resume(ckpt_path, stage, run, network, *optimisation[:3])
+            _resume(ckpt_path, stage, run, network, *optimisation[:3], adversary)
 
     epochs_this_call = 0
     completed = True
@@ -713,12 +794,17 @@ def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=
             dataset, batch_size=config.batch_size, shuffle=True, generator=generator,
             num_workers=config.num_workers, drop_last=False,
             pin_memory=device.type == "cuda", persistent_workers=False)
-        total, count = _train_epoch(network, loader, run.meta, config, device, optimisation)
+        total, count, domain = _train_epoch(network, loader, run.meta, config, device,
+                                            optimisation, adversary, epoch)
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch, "train_loss": total / max(count, 1),
                   "lr": float(optimisation[1].get_last_lr()[0]), "seconds": round(seconds, 2),
                   "images_per_s": round(count / max(seconds, 1e-9), 1)}
         message = f"epoch {epoch + 1}/{config.epochs} loss {record['train_loss']:.4f}"
+        if domain is not None:
+            record.update(domain)
+            message += (f" domain loss {domain['domain_loss']:.3f} "
+                        f"accuracy {domain['domain_accuracy']:.2f}")
         if val is not None and len(val):
             record.update(_validation_metrics(network, val, run.meta, device))
             score = record["val_metallicity_rmse"]
@@ -739,7 +825,8 @@ def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=
                 log.info(f"Early stopping after epoch {epoch + 1}: no better validation "
                          f"RMSE for {config.patience} epochs (best epoch {run.best_epoch + 1})")
         if ckpt_path is not None:
-            _save_checkpoint(ckpt_path, epoch, stage, run, network, *optimisation[:3])
+            _save_checkpoint(ckpt_path, epoch, stage, run, network, *optimisation[:3],
+                             adversary)
         epochs_this_call += 1  # noqa: SIM113 - counts epochs run in this call only
 
     network.load_state_dict(run.best_state)

@@ -125,3 +125,33 @@ def test_interpolate_weights_by_hand(recipe):
     mixed = interpolate_weights(start, end, 0.25)
     torch.testing.assert_close(mixed["w"], torch.tensor([1.0, 3.0]))
     assert int(mixed["n"]) == 7  # integer buffers come from the fine-tuned end
+
+
+def test_train_command_with_domain_images(labelled_set, tmp_path):
+    from PIL import Image
+
+    store = _write_dataset(labelled_set.subset(np.arange(64)), tmp_path / "set.h5")
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for k, image in enumerate(labelled_set.images[64:76]):
+        Image.fromarray(image).save(folder / f"{k}.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "model"
+    common = ["train", "--data", str(store), "--arch", "tiny", "--input-size", "16",
+              "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--threads", "1"]
+    assert train_cli.main([*common, "--output", str(out), "--domain-images", str(folder),
+                           "--domain-weight", "0.5"]) == 0
+    stage = json.loads(out.with_suffix(".json").read_text())["training"][-1]
+    assert stage["domain_weight"] == 0.5 and stage["n_domain"] == 12
+    with pytest.raises(SystemExit, match="is not a folder"):
+        train_cli.main([*common, "--output", str(out), "--domain-images", str(tmp_path / "no")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="holds no .jpg, .jpeg or .png file"):
+        train_cli.main([*common, "--output", str(out), "--domain-images", str(empty)])
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.fromarray(labelled_set.images[0][:8, :8]).save(small / "a.png")
+    with pytest.raises(SystemExit, match=r"astro-metallicity train: domain_images must be uint8 "
+                                         r"of shape \(N, 24, 24, 3\)"):
+        train_cli.main([*common, "--output", str(tmp_path / "m2"), "--domain-images", str(small)])
