@@ -93,14 +93,11 @@ class DomainAdversary:
             msg = "domain-adversarial training needs a network ending in a torch.nn.Linear layer"
             raise ValueError(msg)
         self._head = heads[-1]
-        generator = torch.Generator().manual_seed(int(seed) * 7919 + 17)
-        width = self._head.in_features
-        self.classifier = nn.Sequential(nn.Linear(width, _HIDDEN), nn.ReLU(),
-                                        nn.Linear(_HIDDEN, 1))
-        with torch.no_grad():
-            for p in self.classifier.parameters():  # seeded here, not by the global stream
-                bound = 1.0 / math.sqrt(p.shape[-1])
-                p.copy_(torch.rand(p.shape, generator=generator) * 2 * bound - bound)
+        # its own seed, leaving the global stream (and so the network's training) untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) * 7919 + 17)
+            self.classifier = nn.Sequential(nn.Linear(self._head.in_features, _HIDDEN),
+                                            nn.ReLU(), nn.Linear(_HIDDEN, 1))
         self.classifier.to(device)
         self.optimizer = torch.optim.Adam(self.classifier.parameters(), lr=float(lr))
         self.weight = float(weight)
@@ -134,7 +131,8 @@ class DomainAdversary:
         """Classifier loss on the captured embedding (the first ``n_source`` rows are
         the training cutouts, the rest target images), through the gradient reversal.
 
-        Returns the loss and the classifier's accuracy on the batch.
+        Returns the loss and the classifier's balanced accuracy on the batch (the mean
+        of its accuracies on the two domains: 0.5 at chance, whatever the batch sizes).
         """
         import torch
 
@@ -148,7 +146,8 @@ class DomainAdversary:
                                                                    reduction="none")
         # each domain weighs half, whatever the two batch sizes
         loss = 0.5 * (per[:n_source].mean() + per[n_source:].mean())
-        accuracy = float(((logits > 0).float() == target).float().mean())
+        correct = ((logits > 0).float() == target).float()
+        accuracy = 0.5 * float(correct[:n_source].mean() + correct[n_source:].mean())
         return loss, accuracy
 
     def state_dict(self):

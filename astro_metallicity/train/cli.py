@@ -19,7 +19,7 @@ Fine-tune the bundled model on a folder of JPEGs with a labels CSV::
 Pretrain on a simulated store while aligning its features with a folder of
 unlabelled real cutouts (domain-adversarial training)::
 
-    astro-metallicity train --data sim.h5 --domain-images real_cutouts/ \
+    astro-metallicity train --data sim.h5 --domain-images real_cutouts/ \\
         --domain-weight 1 --output sim_dann
 
 Evaluate a model on a store, with baselines fitted on another::
@@ -83,7 +83,7 @@ def _train_parser(parser=None):
                           help="folder of unlabelled JPEG/PNG cutouts of the domain the model "
                                "will meet, the size of the training cutouts: domain-adversarial "
                                "training (DANN) against them")
-    settings.add_argument("--domain-weight", type=float, default=1.0,
+    settings.add_argument("--domain-weight", type=float, default=None,
                           help="final gradient reversal scale with --domain-images (default 1)")
     p.add_argument("--checkpoint-dir", help="resumable checkpoints (default: <output>_ckpt)")
     p.add_argument("--figures", help="folder for evaluation figures")
@@ -164,6 +164,9 @@ def train(argv=None):
 
     if not args.output:
         raise SystemExit("--output PATH is required (the model is written to PATH.pt/.json)")
+    if args.domain_weight is not None and not args.domain_images:
+        raise SystemExit("--domain-weight needs --domain-images DIR")
+    domain_images = _folder_images(args.domain_images) if args.domain_images else None
     outputs = (None if args.outputs is None
                else [s.strip() for s in args.outputs.split(",") if s.strip()])
     try:
@@ -171,7 +174,9 @@ def train(argv=None):
                                 epochs=args.epochs, batch_size=args.batch_size, max_lr=args.lr,
                                 weight_decay=args.weight_decay, patience=args.patience,
                                 seed=args.seed, device=args.device,
-                                domain_weight=args.domain_weight if args.domain_images else 0.0)
+                                domain_weight=(0.0 if domain_images is None
+                                               else 1.0 if args.domain_weight is None
+                                               else args.domain_weight))
     except ValueError as exc:
         raise SystemExit(f"astro-metallicity train: {exc}") from None
     if args.query_catalog:
@@ -190,17 +195,15 @@ def train(argv=None):
     if init_from == "bundled":
         init_from = bundled_model_path()
     output = Path(args.output)
-    domain_images = _folder_images(args.domain_images) if args.domain_images else None
-    try:
-        result = train_model(
-            train_set, val_set if len(val_set) else None, config, init_from=init_from,
-            checkpoint_dir=args.checkpoint_dir or output.with_name(output.name + "_ckpt"),
-            metadata={"provenance": {"command": "astro-metallicity train " + " ".join(argv)}},
-            domain_images=domain_images)
-    except ValueError as exc:
-        if domain_images is None:
-            raise
-        raise SystemExit(f"astro-metallicity train: {exc}") from None
+    if domain_images is not None and domain_images.shape[1:] != train_set.images.shape[1:]:
+        raise SystemExit(f"--domain-images {args.domain_images}: images of shape "
+                         f"{domain_images.shape[1:]}, the training cutouts are "
+                         f"{train_set.images.shape[1:]}")
+    result = train_model(
+        train_set, val_set if len(val_set) else None, config, init_from=init_from,
+        checkpoint_dir=args.checkpoint_dir or output.with_name(output.name + "_ckpt"),
+        metadata={"provenance": {"command": "astro-metallicity train " + " ".join(argv)}},
+        domain_images=domain_images)
     model = result.model
     if len(val_set):
         pred = model.predict(val_set.images)

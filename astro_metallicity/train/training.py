@@ -185,8 +185,8 @@ class TrainingConfig:
                    f"{self.backbone_lr_factor} and {self.anchor_strength}")
             raise ValueError(msg)
         self.domain_weight = float(self.domain_weight)
-        if not self.domain_weight >= 0:
-            msg = f"domain_weight must be >= 0, got {self.domain_weight}"
+        if not 0 <= self.domain_weight < np.inf:
+            msg = f"domain_weight must be a finite number >= 0, got {self.domain_weight}"
             raise ValueError(msg)
         self.pct_start = float(self.pct_start)
         if not 0 < self.pct_start < 1:
@@ -469,14 +469,14 @@ def _domain_images(images, config, train):
                f"got {'no' if images is None else len(images)} domain images and "
                f"domain_weight={config.domain_weight}")
         raise ValueError(msg)
-    images = getattr(images, "images", images)
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != train.images.shape[1:]:
-        msg = (f"domain_images must be uint8 of shape (N, {', '.join(map(str, train.images.shape[1:]))})"
-               f" like the training cutouts, got {images.dtype} {images.shape}")
-        raise ValueError(msg)
+    images = np.asarray(getattr(images, "images", images))
     if len(images) == 0:
         msg = "domain_images is empty"
+        raise ValueError(msg)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != train.images.shape[1:]:
+        shape = ", ".join(map(str, train.images.shape[1:]))
+        msg = (f"domain_images must be uint8 of shape (N, {shape}) like the training cutouts, "
+               f"got {images.dtype} {images.shape}")
         raise ValueError(msg)
     return images
 
@@ -620,17 +620,20 @@ def _train_epoch(network, loader, meta, config, device, optimisation, adversary=
         if adversary is not None:
             # one forward pass over both, so BatchNorm normalises them together
             images = torch.cat([images, next(target_batches).to(device)])
-            hook = adversary.capture()
         x = images_to_input(images, meta)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, dtype=torch.float16,
-                            enabled=device.type == "cuda"):
-            out = network(x)
+        hook = adversary.capture() if adversary is not None else None
+        try:
+            with torch.autocast(device_type=device.type, dtype=torch.float16,
+                                enabled=device.type == "cuda"):
+                out = network(x)
+        finally:
+            if hook is not None:
+                hook.remove()
         batch_loss = _loss_fn(out[:n_source].float(), targets, n_out, config.loss)
         loss = batch_loss
         if adversary is not None:
-            hook.remove()
             progress = scheduler.last_epoch / max(scheduler.total_steps, 1)
             domain_loss, accuracy = adversary.loss(n_source, progress)
             loss = batch_loss + domain_loss

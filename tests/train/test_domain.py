@@ -57,9 +57,10 @@ def test_domain_adaptation_ignores_a_target_only_nuisance():
     adapted = train_model(source, None, epochs=15, seed=0, domain_weight=0.3,
                           domain_images=target_images, **KW)
     plain_rmse, adapted_rmse = (_rmse(r.model, target, target_images) for r in (plain, adapted))
-    assert adapted_rmse < 0.1 < 0.3 < plain_rmse
+    assert adapted_rmse < 0.1 and plain_rmse > 3 * adapted_rmse
     assert _rmse(adapted.model, source, source.images) < 0.1  # the task is still learned
     history = adapted.history[-1]
+    # balanced over the two domains (16 training + 8 target images a step)
     assert 0 <= history["domain_accuracy"] <= 1 and history["domain_loss"] > 0
     stage = adapted.model.metadata["training"][-1]
     assert stage["domain_weight"] == 0.3 and stage["n_domain"] == 160
@@ -86,7 +87,7 @@ def test_domain_run_resumes_like_an_uninterrupted_one(tmp_path):
 
 def test_domain_settings_are_checked():
     source = make_labelled_set(32, seed=0)
-    with pytest.raises(ValueError, match="domain_weight must be >= 0, got -1.0"):
+    with pytest.raises(ValueError, match="domain_weight must be a finite number >= 0, got -1.0"):
         TrainingConfig(domain_weight=-1)
     with pytest.raises(ValueError, match="needs both domain_images and domain_weight > 0; "
                                          "got no domain images and domain_weight=0.5"):
@@ -96,6 +97,10 @@ def test_domain_settings_are_checked():
     with pytest.raises(ValueError, match=r"domain_images must be uint8 of shape \(N, 24, 24, 3\)"):
         train_model(source, None, epochs=1, domain_weight=0.5,
                     domain_images=source.images[:, :16, :16], **KW)
+    with pytest.raises(ValueError, match="domain_weight must be a finite number >= 0, got inf"):
+        TrainingConfig(domain_weight=float("inf"))
+    with pytest.raises(ValueError, match="domain_images is empty"):
+        train_model(source, None, epochs=1, domain_weight=0.5, domain_images=[], **KW)
     with pytest.raises(ValueError, match="domain_images is empty"):
         train_model(source, None, epochs=1, domain_weight=0.5,
                     domain_images=source.images[:0], **KW)

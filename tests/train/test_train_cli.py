@@ -152,6 +152,13 @@ def test_train_command_with_domain_images(labelled_set, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
     Image.fromarray(labelled_set.images[0][:8, :8]).save(small / "a.png")
-    with pytest.raises(SystemExit, match=r"astro-metallicity train: domain_images must be uint8 "
-                                         r"of shape \(N, 24, 24, 3\)"):
+    with pytest.raises(SystemExit, match=r"images of shape \(8, 8, 3\), the training cutouts "
+                                         r"are \(24, 24, 3\)"):
         train_cli.main([*common, "--output", str(tmp_path / "m2"), "--domain-images", str(small)])
+    with pytest.raises(SystemExit, match="--domain-weight needs --domain-images DIR"):
+        train_cli.main([*common, "--output", str(out), "--domain-weight", "2"])
+    # the default weight with a folder is 1
+    assert train_cli.main([*common, "--output", str(tmp_path / "m3"),
+                           "--domain-images", str(folder)]) == 0
+    stage = json.loads((tmp_path / "m3.json").read_text())["training"][-1]
+    assert stage["domain_weight"] == 1.0
