@@ -11,8 +11,6 @@ labels: only their pixels enter the loss.
 
 import math
 
-import numpy as np
-
 __all__ = []
 
 #: Width of the hidden layer of the domain classifier (Ganin et al. use 1024 on 2048-d
@@ -66,11 +64,9 @@ class DomainAdversary:
     network : `torch.nn.Module`
         The network being trained; its last `torch.nn.Linear` layer's input is
         the embedding the classifier sees.
-    images : `~numpy.ndarray`
-        ``(N, H, W, 3)`` uint8 target-domain images (no labels).
-    transform : callable
-        The training augmentation, applied to the target images as to the
-        training cutouts.
+    dataset : `torch.utils.data.Dataset`
+        The target-domain images (no labels), as ``(image, anything)`` pairs,
+        augmented as the training cutouts are.
     weight : float
         Final gradient reversal scale (`reversal_scale`).
     batch_size : int
@@ -82,11 +78,9 @@ class DomainAdversary:
     device : `torch.device`
     """
 
-    def __init__(self, network, images, transform, *, weight, batch_size, lr, seed, device):
+    def __init__(self, network, dataset, *, weight, batch_size, lr, seed, device):
         import torch
         from torch import nn
-
-        from .training import _ArrayDataset
 
         heads = [m for m in network.modules() if isinstance(m, nn.Linear)]
         if not heads:
@@ -104,7 +98,7 @@ class DomainAdversary:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.device = device
-        self._dataset = _ArrayDataset(images, np.zeros(len(images), dtype=np.float32), transform)
+        self._dataset = dataset
         self._reverse = _reverse_gradient()
         self._captured = None
 

@@ -767,8 +767,9 @@ def train_model(train, val=None, config=None, *, init_from=None, checkpoint_dir=
     optimisation = _optimisation(network, config, -(-len(dataset) // config.batch_size), device)
     adversary = None
     if domain_images is not None:
-        adversary = DomainAdversary(network, domain_images, transform,
-                                    weight=config.domain_weight,
+        unlabelled = _ArrayDataset(domain_images, np.zeros(len(domain_images), np.float32),
+                                   transform)
+        adversary = DomainAdversary(network, unlabelled, weight=config.domain_weight,
                                     batch_size=max(config.batch_size // 2, 1),
                                     lr=config.max_lr, seed=config.seed, device=device)
     stage = _stage_record(train, val, config, init_from, device,
