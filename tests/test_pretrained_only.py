@@ -47,6 +47,32 @@ def test_alignment_errors(bench):
         bench.align_outputs(np.arange(4.0), reference, (np.array([0, 1]), np.array([1, 2])))
     with pytest.raises(ValueError, match="halves must split the predictions into two disjoint"):
         bench.align_outputs(np.arange(4.0), reference, (np.array([0]), np.array([1, 2])))
+    for bad in ((np.array([0, 1, 1]), np.array([2, 3, 4])), (np.array([0, -1]), np.array([1, 3]))):
+        with pytest.raises(ValueError, match="halves must split the predictions"):
+            bench.align_outputs(np.arange(float(sum(len(h) for h in bad))), reference, bad)
     with pytest.raises(ValueError, match="the predictions of a half do not vary"):
         bench.align_outputs(np.array([1.0, 2.0, 3.0, 3.0]), reference,
                             (np.array([0, 1]), np.array([2, 3])))
+
+
+def test_file_name_order_is_the_order_of_sorted_jpeg_files(bench, tmp_path):
+    objids = np.array([587722982838812701, 587722982838812700, 1237645879551066262, 12345])
+    for objid in objids:
+        (tmp_path / f"{objid}.jpg").touch()
+    files = [int(f.stem) for f in sorted(tmp_path.glob("*.jpg"))]  # as sim_realism.load_real
+    assert objids[bench.file_name_order(objids)].tolist() == files
+
+
+def test_bootstrap_refits_the_alignment(bench):
+    rng = np.random.default_rng(0)
+    truth = rng.normal(8.9, 0.2, 400)
+    pred = 8.95 + 1.6 * (truth - 8.9) + rng.normal(0, 0.1, 400)  # too wide, offset
+    reference = rng.normal(8.9, 0.2, 2000)
+    halves = bench.split_halves(400, 0)
+    aligned = bench.align_outputs(pred, reference, halves)
+    rmse = np.sqrt(np.mean((aligned - truth) ** 2))
+    gain = np.sqrt(np.mean((pred - truth) ** 2)) - rmse
+    (lo, hi), (glo, ghi) = bench.bootstrap(truth, pred, reference, halves, n_boot=300, seed=1)
+    assert lo < rmse < hi and glo < gain < ghi
+    assert glo > 0  # narrowing and centring clearly helps here
+    assert (lo, hi) == bench.bootstrap(truth, pred, reference, halves, n_boot=300, seed=1)[0]
