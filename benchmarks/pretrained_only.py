@@ -50,6 +50,7 @@ _RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "crossfit.py"
 
 
 def _recipe():
+    """The cross-fitting recipe (a script of the source tree, not an installed module)."""
     spec = importlib.util.spec_from_file_location("crossfit_recipe", _RECIPE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
