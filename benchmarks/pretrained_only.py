@@ -46,6 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sim_translation import split_halves  # noqa: E402 - the halves of the translation benchmark
+
 _RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "crossfit.py"
 
 
@@ -55,12 +58,6 @@ def _recipe():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def split_halves(n, seed=0):
-    """Indices of two disjoint random halves of ``range(n)``, as ``sim_translation.py``."""
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
 
 
 def align_outputs(pred, reference, halves):

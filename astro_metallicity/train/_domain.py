@@ -76,6 +76,7 @@ class DomainAdversary:
     seed : int
         Seed of the classifier's initialisation and of the target batches.
     device : `torch.device`
+        Where the classifier lives (the network's device).
     """
 
     def __init__(self, network, dataset, *, weight, batch_size, lr, seed, device):
@@ -97,7 +98,6 @@ class DomainAdversary:
         self.weight = float(weight)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self.device = device
         self._dataset = dataset
         self._reverse = _reverse_gradient()
         self._captured = None
